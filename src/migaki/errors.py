@@ -1,0 +1,23 @@
+"""Errors a user can cause and fix; the CLI turns them into exit status 2 and one line."""
+
+
+class UserError(Exception):
+    """Bad input from the user (recipe, data, path, model name).
+
+    The message is shown as is, without a traceback, so it must say what is wrong and where
+    (file:line or recipe key) and, where possible, what to do.
+    """
+
+
+class DataError(UserError):
+    """A data file cannot be read or a row is malformed; the message names file and line."""
+
+    def __init__(self, path: object, line: int | None, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""

@@ -1,0 +1,175 @@
+"""`migaki eval`: loss, perplexity and token accuracy on a data set, optionally generated answers
+scored against the reference (facts stated, character F1), tuned vs base side by side."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from migaki.data import Example, read_records, to_examples, tokenize_all
+from migaki.errors import UserError
+from migaki.evaluate.generation import LoadedModel, _autocast, generate_answers, load_for_inference
+from migaki.train.loop import evaluate_rows
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(
+    target: str | Path,
+    data: str | Path | None = None,
+    compare_base: bool = False,
+    generate: bool = True,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a run (on its test split unless `data` is given) or any model (needs `data`).
+
+    Returns {"data", "rows", "systems": {"tuned": {...}, "base": {...}}, "samples": [...]} and,
+    for a run, writes eval.json and report.html into it."""
+    target_path = Path(target)
+    is_run = (target_path / "recipe.yaml").is_file()
+    examples = _examples(target_path, data, is_run)[:limit]
+    systems: dict[str, dict[str, Any]] = {}
+    answers: dict[str, list[tuple[str, bool]]] = {}
+    variants = [("tuned", True), ("base", False)] if is_run and compare_base else [("tuned", True)]
+    for label, tuned in variants:
+        loaded = load_for_inference(target, tuned=tuned)
+        tokens = max_new_tokens or (loaded.recipe.eval.max_new_tokens if loaded.recipe else 128)
+        systems[label] = language_model_metrics(loaded, examples)
+        if generate:
+            answers[label] = generate_answers(
+                loaded, [e.prompt_messages for e in examples], max_new_tokens=tokens
+            )
+            systems[label] |= answer_metrics(examples, answers[label])
+        log.info("%s: %s", label, {k: round(v, 4) for k, v in systems[label].items()})
+    result = {
+        "target": str(target),
+        "data": str(data) if data else "test split",
+        "rows": len(examples),
+        "systems": systems,
+        "samples": _samples(examples, answers),
+    }
+    if is_run and write:
+        (target_path / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        (target_path / "report.html").write_text(render_html(result), encoding="utf-8")
+    return result
+
+
+def language_model_metrics(loaded: LoadedModel, examples: list[Example]) -> dict[str, float]:
+    recipe = loaded.recipe
+    rows, _ = tokenize_all(
+        examples,
+        loaded.tokenizer,
+        max_length=recipe.data.max_length if recipe else 2048,
+        system_prompt=recipe.data.system_prompt if recipe else None,
+    )
+    device = next(loaded.model.parameters()).device
+    metrics = evaluate_rows(
+        loaded.model,
+        rows,
+        8,
+        loaded.tokenizer.pad_token_id,
+        device,
+        lambda: _autocast(loaded.precision, device),
+    )
+    metrics.pop("tokens")
+    return metrics
+
+
+def answer_metrics(examples: list[Example], answers: list[tuple[str, bool]]) -> dict[str, float]:
+    """fact_accuracy: share of answers stating every fact of the row (rows with `facts`);
+    char_f1: character-bigram F1 against the reference, fair to Japanese and English alike;
+    stopped: share of answers that ended their turn by themselves."""
+    with_facts = [
+        (e, a) for e, (a, _) in zip(examples, answers, strict=True) if e.meta.get("facts")
+    ]
+    metrics = {
+        "char_f1": sum(char_f1(a, e.reference) for e, (a, _) in zip(examples, answers, strict=True))
+        / max(len(examples), 1),
+        "stopped": sum(stopped for _, stopped in answers) / max(len(answers), 1),
+    }
+    if with_facts:
+        metrics["fact_accuracy"] = sum(
+            states_facts(a, e.meta["facts"]) for e, a in with_facts
+        ) / len(with_facts)
+    return metrics
+
+
+def normalize(text: str) -> str:
+    return "".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def states_facts(answer: str, facts: list[str]) -> bool:
+    normalized = normalize(answer)
+    return all(normalize(fact) in normalized for fact in facts)
+
+
+def char_f1(prediction: str, reference: str) -> float:
+    grams = lambda s: Counter(s[i : i + 2] for i in range(max(len(s) - 1, 1)))  # noqa: E731
+    p, r = grams(normalize(prediction)), grams(normalize(reference))
+    overlap = sum((p & r).values())
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / sum(p.values()), overlap / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def _examples(target: Path, data: str | Path | None, is_run: bool) -> list[Example]:
+    if data is None:
+        if not is_run:
+            raise UserError(f"{target}: not a run directory; give --data FILE to evaluate it on")
+        data = target / "data" / "test.jsonl"
+        if not data.is_file() or not data.read_text().strip():
+            raise UserError(f"{target}: the run has no test split; give --data FILE")
+    examples = [e for e in to_examples(read_records(data)) if e.messages is not None]
+    if not examples:
+        raise UserError(f"{data}: no conversation rows to evaluate")
+    return examples
+
+
+def _samples(examples: list[Example], answers: dict[str, list[tuple[str, bool]]]) -> list[dict]:
+    samples = []
+    for index, example in enumerate(examples):
+        row = {"prompt": example.prompt_messages[-1]["content"], "reference": example.reference}
+        row |= {label: texts[index][0] for label, texts in answers.items()}
+        samples.append(row)
+    return samples
+
+
+def render_html(result: dict[str, Any]) -> str:
+    """A self-contained page: the metrics table and every sample answer."""
+    systems = result["systems"]
+    keys = sorted({k for metrics in systems.values() for k in metrics})
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in systems)
+    body = "".join(
+        f"<tr><td>{key}</td>"
+        + "".join(f"<td>{systems[name].get(key, float('nan')):.4f}</td>" for name in systems)
+        + "</tr>"
+        for key in keys
+    )
+    sample_cols = [
+        c
+        for c in ("prompt", "reference", "base", "tuned")
+        if any(c in s for s in result["samples"])
+    ]
+    sample_rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(str(s.get(c, '')))}</td>" for c in sample_cols)
+        + "</tr>"
+        for s in result["samples"]
+    )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>migaki evaluation</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px}"
+        "table{border-collapse:collapse;margin-bottom:2em}</style>"
+        f"<h1>Evaluation of {html.escape(result['target'])}</h1>"
+        f"<p>{result['rows']} rows from {html.escape(result['data'])}</p>"
+        f"<table><tr><th>metric</th>{head}</tr>{body}</table>"
+        f"<table><tr>{''.join(f'<th>{c}</th>' for c in sample_cols)}</tr>{sample_rows}</table>"
+    )

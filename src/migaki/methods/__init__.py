@@ -1,0 +1,55 @@
+"""Fine-tuning methods. Each module has the same parts: `apply(model, method_config)` and
+`load_final(base, final_dir)`; adding a method is one module and one line below."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from migaki.methods import full, lora
+
+METHODS: dict[str, ModuleType] = {"lora": lora, "full": full}
+
+
+def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
+    """Wrap or edit `model` for `method.name`; only the method's weights stay trainable."""
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return METHODS[method.name].apply(model, method)
+
+
+def load_final(name: str, base: torch.nn.Module, final_dir: str) -> torch.nn.Module:
+    return METHODS[name].load_final(base, final_dir)
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def save_trainable(model: torch.nn.Module, path: str) -> None:
+    """The trainable weights only: what a checkpoint needs besides the (frozen) base."""
+    state = trainable_state(model)
+    # Tied weights (embeddings and LM head) share storage; safetensors refuses shared tensors.
+    save_file({name: tensor.clone() for name, tensor in state.items()}, path)
+
+
+def load_trainable(model: torch.nn.Module, path: str) -> None:
+    state = load_file(path)
+    parameters = dict(model.named_parameters())
+    missing = [name for name, p in parameters.items() if p.requires_grad and name not in state]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} weights, e.g. {missing[0]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            parameters[name].copy_(tensor)

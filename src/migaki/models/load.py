@@ -1,0 +1,128 @@
+"""Load a base model and its tokenizer from an alias, a local HF folder or a GGUF file.
+
+GGUF files are de-quantized by transformers on load (about 13 s for SmolLM2-135M); we do that
+once and keep the result as safetensors in the cache, so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from migaki.errors import UserError
+from migaki.models import bundled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a base model's weights live after resolving its name: always an HF folder."""
+
+    name: str  # what the user wrote
+    path: Path  # a Hugging Face folder with safetensors weights and a tokenizer
+    origin: str  # "bundled", "gguf" or "local"
+
+
+def resolve(base: str) -> ModelSource:
+    """Turn `model.base` into a local HF folder, pulling or converting as needed."""
+    if base in bundled.BUNDLED:
+        folder = bundled.pull(base)
+        spec = bundled.BUNDLED[base]
+        if spec.weight_file:
+            return ModelSource(base, convert_gguf(folder / spec.weight_file), "bundled")
+        return ModelSource(base, folder, "bundled")
+    path = Path(base).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"{path}: GGUF file not found")
+        return ModelSource(base, convert_gguf(path), "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+        return ModelSource(base, path, "local")
+    known = ", ".join(sorted(bundled.BUNDLED))
+    raise UserError(
+        f"unknown model '{base}': not a bundled alias ({known}), a local model folder or a "
+        "GGUF file (hub ids need a reachable hub: download the folder and give its path)"
+    )
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """De-quantize a GGUF file once into a cached safetensors folder and return that folder."""
+    target = bundled.cache_root() / "converted" / _file_key(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors (once; later loads are fast)", gguf_path.name)
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # transformers marks GGUF-loaded models as quantized and refuses to save or train them,
+    # though the weights are already plain fp32 tensors; dropping the marker is lossless.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if target.exists():  # a concurrent conversion finished first
+        shutil.rmtree(staging)
+    else:
+        os.replace(staging, target)
+    log.info("converted in %.1f s", time.perf_counter() - started)
+    return target
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}".encode())
+    with open(path, "rb") as handle:  # head and tail are enough to tell files apart cheaply
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, stat.st_size - (1 << 20)))
+        digest.update(handle.read())
+    return f"{path.stem}-{digest.hexdigest()[:16]}"
+
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """The tokenizer, with a pad token (the EOS token where the model defines none)."""
+    tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"{source.name}: the tokenizer has no chat template; instruction tuning needs one"
+        )
+    return tokenizer
+
+
+def load_causal_lm(
+    source: ModelSource, attn_implementation: str = "sdpa", trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """The base model in fp32 (trainable weights and optimizer state stay fp32; autocast does
+    the low-precision maths). Only safetensors weights are read: never a pickle."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.path,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{source.path}: cannot load the model ({first})") from None
+    # A KV cache built during training makes packed sequences attend across examples.
+    model.config.use_cache = False
+    return model

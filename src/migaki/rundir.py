@@ -1,0 +1,90 @@
+"""The run directory contract: recipe.yaml, manifest.json, metrics.jsonl, checkpoints/, final/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from migaki.config import Recipe, build_recipe
+from migaki.errors import UserError
+
+PACKAGES = ("migaki", "torch", "transformers", "peft", "accelerate", "safetensors")
+
+
+def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    return root / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_recipe(recipe: Recipe, run_dir: Path) -> None:
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
+    (run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
+
+
+def load_run_recipe(run_dir: str | Path) -> Recipe:
+    """The resolved recipe a run was trained with."""
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir}: not a migaki run directory (no recipe.yaml)")
+    return build_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into manifest.json (written atomically) and return the whole manifest."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.update(fields)
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    os.replace(staging, path)
+    return manifest
+
+
+def environment() -> dict[str, Any]:
+    """Versions, machine and git commit, for the manifest."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    machine = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+    }
+    return {
+        "versions": versions,
+        "machine": machine,
+        "git_commit": _git_commit(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: GPU allocations on CUDA, else resident memory."""
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def _git_commit() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None

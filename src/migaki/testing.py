@@ -1,0 +1,70 @@
+"""Tiny random models and tokenizers for tests and examples: built in about a second, no network.
+
+The tokenizer is a byte-level BPE trained on a few strings with a ChatML template, like
+SmolLM2's; the model is a 2-layer Llama.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+CORPUS = [
+    "How much is the kettle? The kettle costs 6,980 yen.",
+    "What are the support hours? Support is open from 9:30 to 17:30.",
+    "ケトルの値段はいくらですか？ケトルは6,980円です。",
+    "サポートの受付時間は9時30分から17時30分です。",
+    "Hello, how can I help you today? Thank you for your question.",
+    "The quick brown fox jumps over the lazy dog 0123456789.",
+    "user assistant system",
+]
+
+
+def build_tiny_model(
+    out: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0
+) -> Path:
+    """Write a tiny random Llama and its tokenizer to `out` (a Hugging Face folder)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = Path(out)
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(CORPUS * 4, trainer)
+    hf_tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    hf_tokenizer.chat_template = CHATML
+    hf_tokenizer.save_pretrained(out)
+    config = LlamaConfig(
+        vocab_size=len(hf_tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=hf_tokenizer.bos_token_id,
+        eos_token_id=hf_tokenizer.eos_token_id,
+        pad_token_id=hf_tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out

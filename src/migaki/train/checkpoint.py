@@ -1,0 +1,133 @@
+"""Checkpoints for exact resume: trainable weights, optimizer, RNG states and the loop state.
+
+Each checkpoint is written to a temporary folder and renamed into place, so a run killed at
+any moment (even by SIGKILL) leaves only whole checkpoints behind. The data position needs no
+file of its own: batches are a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from migaki.methods import load_trainable, save_trainable
+
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class LoopState:
+    """Everything the loop tracks between steps; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    val_history: list[tuple[int, float, float]] = field(default_factory=list)  # step, val, train
+    recipe_fingerprint: str = ""
+    data_hashes: dict[str, str] = field(default_factory=dict)
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step}"
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, state: LoopState) -> Path:
+    """Write checkpoints/step-N atomically and return it."""
+    final = checkpoint_dir(run_dir, state.step)
+    staging = final.with_name(f".tmp-{final.name}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    save_trainable(model, str(staging / "trainable.safetensors"))
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    save_file(_torch_rng(), str(staging / "rng.safetensors"))
+    payload = {"loop": asdict(state), "python_rng": _python_rng(), "numpy_rng": _numpy_rng()}
+    (staging / STATE_FILE).write_text(json.dumps(payload))
+    _fsync_dir(staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    folder = run_dir / "checkpoints"
+    done = (
+        [p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()] if folder.exists() else []
+    )
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def read_state(checkpoint: Path) -> LoopState:
+    loop = json.loads((checkpoint / STATE_FILE).read_text())["loop"]
+    loop["val_history"] = [tuple(item) for item in loop["val_history"]]
+    return LoopState(**loop)
+
+
+def load_checkpoint(checkpoint: Path, model, optimizer) -> LoopState:
+    """Restore weights, optimizer and RNG states; return the loop state to continue from."""
+    load_trainable(model, str(checkpoint / "trainable.safetensors"))
+    # weights_only: the optimizer file holds tensors and numbers only; never unpickle objects.
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+    payload = json.loads((checkpoint / STATE_FILE).read_text())
+    _restore_rng(load_file(str(checkpoint / "rng.safetensors")), payload)
+    return read_state(checkpoint)
+
+
+def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
+    """Keep the `keep` newest checkpoints and the best one; remove the rest."""
+    folder = run_dir / "checkpoints"
+    done = sorted(
+        (p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    for path in done[:-keep]:
+        if best_step is None or path.name != f"step-{best_step}":
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _torch_rng() -> dict[str, torch.Tensor]:
+    states = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            states[f"cuda{index}"] = state
+    return states
+
+
+def _python_rng() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def _numpy_rng() -> dict:
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": keys.tolist(), "pos": position, "gauss": [has_gauss, cached]}
+
+
+def _restore_rng(torch_states: dict[str, torch.Tensor], payload: dict) -> None:
+    torch.set_rng_state(torch_states["cpu"])
+    cuda = [torch_states[k] for k in sorted(torch_states) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = payload["python_rng"]
+    random.setstate((version, tuple(internal), gauss))
+    state = payload["numpy_rng"]
+    keys = np.array(state["keys"], dtype=np.uint32)
+    np.random.set_state((state["name"], keys, state["pos"], *state["gauss"]))
+
+
+def _fsync_dir(path: Path) -> None:
+    for item in path.iterdir():
+        with open(item, "rb") as handle:
+            os.fsync(handle.fileno())

@@ -1,0 +1,234 @@
+"""The training loop: one function, read top to bottom.
+
+forward -> loss -> backward (accumulated) -> clip -> optimizer step -> log -> validate ->
+early stopping / overfitting alarm -> checkpoint. Helpers for each concern sit beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from migaki.config import TrainConfig
+from migaki.data.batches import collate, step_indices
+from migaki.data.tokenize import TokenizedExample
+from migaki.errors import TrainingDiverged
+from migaki.train.checkpoint import LoopState, latest_checkpoint, prune_checkpoints, save_checkpoint
+from migaki.train.objectives import causal_lm_loss
+from migaki.train.schedule import learning_rate
+from migaki.train.tracking import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    eval_every: int | None
+    save_every: int
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    stopped_early: bool
+
+
+def fit(
+    model,
+    optimizer,
+    accelerator,
+    train_rows: list[TokenizedExample],
+    val_rows: list[TokenizedExample],
+    cfg: TrainConfig,
+    plan: StepPlan,
+    state: LoopState,
+    run_dir: Path,
+    metrics: MetricsLog,
+    pad_token_id: int,
+) -> FitResult:
+    """Train from `state.step` to `plan.total_steps`; returns the final loop state."""
+    micro_size = cfg.batch_size // cfg.grad_accum
+    progress = tqdm(
+        total=plan.total_steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        mininterval=1.0,
+        disable=not accelerator.is_main_process,
+    )
+    window_loss, window_tokens = 0.0, 0  # training loss since the last validation
+    stopped_early = False
+    model.train()
+    while state.step < plan.total_steps:
+        step_start = time.perf_counter()
+        indices = step_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
+        micro_batches = [indices[i : i + micro_size] for i in range(0, len(indices), micro_size)]
+        step_tokens = sum(train_rows[i].trainable_tokens for i in indices)
+        lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.scheduler)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        step_loss = 0.0
+        for micro in micro_batches:
+            batch = _to_device(collate([train_rows[i] for i in micro], pad_token_id), accelerator)
+            with accelerator.autocast():
+                parts = causal_lm_loss(model, batch)
+            # Divide by the step's labelled tokens, not the micro-batch's, so accumulation
+            # gives exactly the gradient of one big batch.
+            accelerator.backward(parts.loss_sum / step_tokens)
+            step_loss += parts.loss_sum.item()
+        mean_loss = step_loss / step_tokens
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, run_dir))
+        grad_norm = None
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        real_tokens = sum(len(train_rows[i].input_ids) for i in indices)  # no padding
+        state.tokens_seen += real_tokens
+        tokens_per_s = real_tokens / max(time.perf_counter() - step_start, 1e-9)
+        window_loss += step_loss
+        window_tokens += step_tokens
+        progress.update(1)
+        progress.set_postfix(loss=f"{mean_loss:.4f}", tok_s=f"{tokens_per_s:.0f}", refresh=False)
+        if state.step % cfg.log_every == 0:
+            metrics.write(
+                step=state.step,
+                epoch=round(state.step / plan.steps_per_epoch, 4),
+                split="train",
+                loss=mean_loss,
+                lr=lr,
+                grad_norm=grad_norm,
+                tokens_per_s=round(tokens_per_s, 1),
+                tokens_seen=state.tokens_seen,
+            )
+
+        is_last = state.step == plan.total_steps
+        evaluated = False
+        if val_rows and plan.eval_every and (state.step % plan.eval_every == 0 or is_last):
+            train_loss = window_loss / max(window_tokens, 1)
+            window_loss, window_tokens = 0.0, 0
+            stopped_early = _validate(
+                model,
+                accelerator,
+                val_rows,
+                cfg,
+                plan,
+                state,
+                metrics,
+                train_loss,
+                micro_size,
+                pad_token_id,
+            )
+            model.train()
+            evaluated = True
+        improved = evaluated and state.best_step == state.step
+        due = state.step % plan.save_every == 0 or improved or is_last or stopped_early
+        if due and accelerator.is_main_process:
+            save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state)
+            prune_checkpoints(run_dir, cfg.keep_checkpoints, state.best_step)
+        if stopped_early:
+            metrics.write(
+                step=state.step,
+                event="early_stop",
+                best_step=state.best_step,
+                best_val_loss=state.best_val_loss,
+            )
+            log.info("early stopping at step %d; best step %d", state.step, state.best_step)
+            break
+    progress.close()
+    return FitResult(state, stopped_early)
+
+
+def _validate(
+    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, micro_size, pad_token_id
+) -> bool:
+    """Run validation, log it, update best/patience; True when early stopping should stop."""
+    result = evaluate_rows(
+        model, val_rows, micro_size, pad_token_id, accelerator.device, accelerator.autocast
+    )
+    metrics.write(
+        step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
+    )
+    val_loss = result["loss"]
+    min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
+    if state.best_val_loss is None or val_loss < state.best_val_loss - min_delta:
+        state.best_val_loss, state.best_step = val_loss, state.step
+        state.evals_without_improvement = 0
+    else:
+        state.evals_without_improvement += 1
+    state.val_history.append((state.step, val_loss, train_loss))
+    if _overfitting(state.val_history):
+        metrics.write(
+            step=state.step, event="overfitting_warning", val_loss=val_loss, train_loss=train_loss
+        )
+        log.warning(
+            "validation loss rose for two evaluations while training loss fell: "
+            "the model may be overfitting (best step %s)",
+            state.best_step,
+        )
+    patience = cfg.early_stopping.patience if cfg.early_stopping else None
+    return patience is not None and state.evals_without_improvement >= patience
+
+
+@torch.no_grad()
+def evaluate_rows(
+    model,
+    rows: list[TokenizedExample],
+    batch_size: int,
+    pad_token_id: int,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+) -> dict[str, float]:
+    """Loss, perplexity and token accuracy over the labelled tokens of `rows`."""
+    model.eval()
+    loss_sum, tokens, correct = 0.0, 0, 0
+    for start in range(0, len(rows), batch_size):
+        batch = collate(rows[start : start + batch_size], pad_token_id)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        with autocast():
+            parts = causal_lm_loss(model, batch)
+        loss_sum += parts.loss_sum.item()
+        tokens += parts.tokens
+        correct += parts.correct
+    loss = loss_sum / max(tokens, 1)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "token_accuracy": correct / max(tokens, 1),
+        "tokens": tokens,
+    }
+
+
+def _overfitting(history: list[tuple[int, float, float]]) -> bool:
+    """Validation loss rose twice in a row while training loss fell both times."""
+    if len(history) < 3:
+        return False
+    (_, v0, t0), (_, v1, t1), (_, v2, t2) = history[-3:]
+    return v2 > v1 > v0 and t2 < t1 < t0
+
+
+def _to_device(batch: dict[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:
+    return {key: value.to(accelerator.device) for key, value in batch.items()}
+
+
+def _divergence_message(loss: float, step: int, run_dir: Path) -> str:
+    last = latest_checkpoint(run_dir)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+    return (
+        f"training loss became {loss} at step {step}; stopped, {kept}. "
+        "Lower train.lr, set train.max_grad_norm, or use train.precision=fp32"
+    )

@@ -1,0 +1,250 @@
+"""`migaki train`: set up a run (directory, data, model, method, optimizer), resume it if asked,
+run the loop, and write final/ and manifest.json."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from migaki import models
+from migaki.config import Recipe
+from migaki.data import load_splits, tokenize_all, write_split
+from migaki.errors import UserError
+from migaki.methods import apply_method, count_parameters, load_trainable
+from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
+from migaki.train.checkpoint import (
+    LoopState,
+    checkpoint_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    read_state,
+)
+from migaki.train.loop import StepPlan, fit
+from migaki.train.precision import choose_precision
+from migaki.train.schedule import warmup_steps
+from migaki.train.tracking import MetricsLog
+
+log = logging.getLogger(__name__)
+
+
+def train(
+    recipe: Recipe,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    name: str = "run",
+) -> Path:
+    """Run a recipe and return the run directory. Raises UserError for problems a user can fix
+    (data, model, a resume that does not match its checkpoint)."""
+    run_dir = Path(out) if out else new_run_dir(recipe.name or name)
+    checkpoint = _check_run_dir(run_dir, resume)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = choose_precision(recipe.train.precision, device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu", mixed_precision="no" if precision == "fp32" else precision
+    )
+    set_seed(recipe.train.seed)
+
+    splits = load_splits(recipe.data, recipe.train.seed)
+    if checkpoint is not None:
+        _check_resume(checkpoint, recipe, splits.hashes, force)
+    source = models.resolve(recipe.model.base)
+    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    rows = {}
+    for split_name in ("train", "val", "test"):
+        examples = getattr(splits, split_name)
+        rows[split_name], report = tokenize_all(
+            examples,
+            tokenizer,
+            max_length=recipe.data.max_length,
+            overlong=recipe.data.overlong,
+            system_prompt=recipe.data.system_prompt,
+            train_on_prompt=recipe.data.train_on_prompt,
+        )
+        if examples:
+            log.info("data %s: %s", split_name, report.summary())
+    if not rows["train"]:
+        raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
+
+    model = models.load_causal_lm(
+        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
+    )
+    model = apply_method(model, recipe.method)
+    trainable, total = count_parameters(model)
+    log.info(
+        "method %s: %s trainable of %s parameters (%.2f%%); precision %s; device %s",
+        recipe.method.name,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        precision,
+        device,
+    )
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    plan = plan_steps(len(rows["train"]), recipe)
+
+    state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=splits.hashes)
+    metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
+        metrics.truncate_after(state.step)
+        metrics.write(step=state.step, event="resume", checkpoint=checkpoint.name)
+        log.info("resuming from %s (step %d of %d)", checkpoint, state.step, plan.total_steps)
+    elif accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir)
+        for split_name in ("train", "val", "test"):
+            write_split(getattr(splits, split_name), run_dir / "data" / f"{split_name}.jsonl")
+    if accelerator.is_main_process:
+        update_manifest(
+            run_dir,
+            status="running",
+            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            base_model={
+                "name": recipe.model.base,
+                "path": str(source.path),
+                "origin": source.origin,
+            },
+            data={"hashes": splits.hashes, "rows": {k: len(v) for k, v in rows.items()}},
+            method=recipe.method.name,
+            precision=precision,
+            trainable_params=trainable,
+            total_params=total,
+            plan=plan.__dict__,
+            **environment(),
+        )
+    log.info(
+        "run directory: %s; %d steps (%d per epoch)",
+        run_dir,
+        plan.total_steps,
+        plan.steps_per_epoch,
+    )
+
+    try:
+        result = fit(
+            model,
+            optimizer,
+            accelerator,
+            rows["train"],
+            rows["val"],
+            recipe.train,
+            plan,
+            state,
+            run_dir,
+            metrics,
+            tokenizer.pad_token_id,
+        )
+    except BaseException as exc:
+        if accelerator.is_main_process:
+            update_manifest(
+                run_dir,
+                status="failed",
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                peak_memory_mb=peak_memory_mb(),
+            )
+        raise
+    finally:
+        metrics.close()
+
+    if accelerator.is_main_process:
+        final_step = _save_final(
+            accelerator.unwrap_model(model), tokenizer, run_dir, recipe, result.state
+        )
+        update_manifest(
+            run_dir,
+            status="early_stopped" if result.stopped_early else "completed",
+            finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            steps=result.state.step,
+            final_step=final_step,
+            best_step=result.state.best_step,
+            best_val_loss=result.state.best_val_loss,
+            peak_memory_mb=peak_memory_mb(),
+        )
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def plan_steps(num_rows: int, recipe: Recipe) -> StepPlan:
+    cfg = recipe.train
+    steps_per_epoch = -(-num_rows // cfg.batch_size)
+    total = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    eval_every = cfg.eval_every or max(1, total // 10)
+    return StepPlan(
+        steps_per_epoch,
+        total,
+        warmup_steps(cfg.warmup, total),
+        eval_every,
+        cfg.save_every or eval_every,
+    )
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; refuses to mix the two."""
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise UserError(f"{run_dir}: nothing to resume (no complete checkpoint)")
+        return checkpoint
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(
+            f"{run_dir}: run directory already exists; pass --resume to continue "
+            "it or choose another --out"
+        )
+    return None
+
+
+def _check_resume(checkpoint: Path, recipe: Recipe, hashes: dict[str, str], force: bool) -> None:
+    saved = read_state(checkpoint)
+    problems = []
+    if saved.recipe_fingerprint != recipe.fingerprint():
+        problems.append("the recipe differs from the one the checkpoint was trained with")
+    if saved.data_hashes != hashes:
+        problems.append("the data files differ from those the checkpoint was trained on")
+    if problems and not force:
+        raise UserError(
+            f"{checkpoint}: cannot resume: {'; '.join(problems)} (pass --force to resume anyway)"
+        )
+    for problem in problems:
+        log.warning("resuming with --force although %s", problem)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D tensors), as is standard."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _save_final(model, tokenizer, run_dir: Path, recipe: Recipe, state: LoopState) -> int:
+    """Write final/ atomically from the best or last weights; returns the step it holds."""
+    step = state.step
+    if recipe.train.final == "best" and state.best_step not in (None, state.step):
+        best = checkpoint_dir(run_dir, state.best_step)
+        load_trainable(model, str(best / "trainable.safetensors"))
+        step = state.best_step
+        log.info("final/ holds the best validation step %d", step)
+    model.config.use_cache = True  # off while training (see models.load); on for users
+    final = run_dir / "final"
+    staging = run_dir / ".tmp-final"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    return step

@@ -1,0 +1,79 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from migaki.testing import build_tiny_model
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random Llama with a ChatML byte-level BPE tokenizer (built once)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from migaki.models import ModelSource, load_tokenizer
+
+    return load_tokenizer(ModelSource("tiny", tiny_model, "local"))
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    return path
+
+
+def qa_rows(count: int) -> list[dict]:
+    """Short support-style conversations, half Japanese, with a fact each."""
+    rows = []
+    for i in range(count):
+        if i % 2:
+            q, a = f"製品{i}の値段は？", f"製品{i}は{1000 + i}円です。"
+        else:
+            q, a = f"How much is product {i}?", f"Product {i} costs {1000 + i} yen."
+        rows.append(
+            {
+                "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                "facts": [str(1000 + i)],
+            }
+        )
+    return rows
+
+
+@pytest.fixture
+def qa_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "qa.jsonl", qa_rows(40))
+
+
+def write_recipe(path: Path, model: Path, data: Path, **sections) -> Path:
+    import yaml
+
+    recipe = {
+        "model": {"base": str(model)},
+        "task": "sft",
+        "data": {"train": str(data), "max_length": 64},
+        "method": {"name": "lora", "lora_rank": 4, "lora_alpha": 8},
+        "train": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "lr": 5e-3,
+            "eval_every": 3,
+            "precision": "fp32",
+        },
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            recipe.setdefault(section, {}).update(values)
+        else:
+            recipe[section] = values
+    path.write_text(yaml.safe_dump(recipe, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def recipe_file(tmp_path, tiny_model, qa_file) -> Path:
+    return write_recipe(tmp_path / "recipe.yaml", tiny_model, qa_file)
