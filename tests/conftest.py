@@ -49,13 +49,13 @@ def qa_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "qa.jsonl", qa_rows(40))
 
 
-def write_recipe(path: Path, model: Path, data: Path, **sections) -> Path:
+def write_recipe(path: Path, model: Path, data_file: Path, **sections) -> Path:
     import yaml
 
     recipe = {
         "model": {"base": str(model)},
         "task": "sft",
-        "data": {"train": str(data), "max_length": 64},
+        "data": {"train": str(data_file), "max_length": 64},
         "method": {"name": "lora", "lora_rank": 4, "lora_alpha": 8},
         "train": {
             "max_steps": 6,

@@ -168,26 +168,31 @@ def test_resume_refuses_a_changed_recipe_unless_forced(tmp_path, recipe_file, ca
     )
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path, recipe_file, capsys):
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, recipe_file, capsys, monkeypatch
+):
+    import migaki.train.loop as loop
+
+    calls = {"n": 0}
+    real_loss = loop.causal_lm_loss
+
+    def diverging_loss(model, batch):
+        calls["n"] += 1
+        parts = real_loss(model, batch)
+        if calls["n"] == 3:  # the third training step (validation runs only at step 2)
+            parts.loss_sum = parts.loss_sum * float("nan")
+        return parts
+
+    monkeypatch.setattr(loop, "causal_lm_loss", diverging_loss)
+    run = tmp_path / "run"
     code = main(
-        [
-            "train",
-            str(recipe_file),
-            "--out",
-            str(tmp_path / "run"),
-            "train.lr=1e30",
-            "train.max_grad_norm=null",
-            "train.weight_decay=0",
-            "method.name=full",
-            "train.scheduler=constant",
-            "train.warmup=0",
-        ]
+        ["train", str(recipe_file), "--out", str(run), "train.eval_every=100", "train.save_every=2"]
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "training loss became nan" in err and "Lower train.lr" in err
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["status"] == "failed"
+    assert "training loss became nan at step 3" in err and "Lower train.lr" in err
+    assert f"last good checkpoint is {run / 'checkpoints' / 'step-2'}" in err
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
 
 
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, recipe_file):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from migaki import __version__
 from migaki.errors import UserError
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 EXAMPLES = {
     "quickstart": "migaki quickstart --out runs/qs",
     "train": "migaki train recipe.yaml train.lr=1e-4 train.max_steps=200 --out runs/faq",
@@ -27,7 +29,12 @@ EXAMPLES = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options (`--out X train.lr=1e-4`); argparse would refuse them.
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if not hasattr(args, "overrides") or not all(OVERRIDE.match(e) for e in extras):
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        args.overrides = [*args.overrides, *extras]
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

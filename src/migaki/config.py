@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from migaki.errors import UserError
+
+
+FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
 class Section(BaseModel):
@@ -195,7 +199,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             if not isinstance(child, dict):
                 raise UserError(f"override {item!r}: {part} is not a section")
             node = child
-        node[leaf] = yaml.safe_load(text) if text.strip() else None
+        node[leaf] = _parse_value(text)
+
+
+def _parse_value(text: str) -> Any:
+    """A YAML scalar, except that `1e-4` is a number (YAML 1.1 would keep it a string)."""
+    if not text.strip():
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str) and FLOAT.match(value.strip()):
+        return float(value)
+    return value
 
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:

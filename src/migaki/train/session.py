@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import set_seed
 
 from migaki import models
@@ -47,9 +48,7 @@ def train(
     checkpoint = _check_run_dir(run_dir, resume)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
-    accelerator = Accelerator(
-        cpu=device.type == "cpu", mixed_precision="no" if precision == "fp32" else precision
-    )
+    accelerator = _fresh_accelerator(device, precision)
     set_seed(recipe.train.seed)
 
     splits = load_splits(recipe.data, recipe.train.seed)
@@ -172,6 +171,16 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
+    # accelerate keeps one global state per process and refuses a second Accelerator with
+    # other settings; a notebook or script that trains twice needs a clean one each time.
+    # The process group itself (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+    mixed = "no" if precision == "fp32" else precision
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
 def plan_steps(num_rows: int, recipe: Recipe) -> StepPlan:
