@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from migaki.errors import UserError
 
-
 FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
 
 
@@ -109,6 +108,9 @@ class TrainConfig(Section):
     )
     final: Literal["best", "last"] = Field(
         "best", description="Which weights go to final/: best validation loss or last step."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch rows of similar length together (less padding, faster)."
     )
     seed: int = Field(42)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

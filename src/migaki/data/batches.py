@@ -14,13 +14,28 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(num_examples, generator=generator).tolist()
 
 
-def step_indices(num_examples: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Example indices of optimizer step `step` (0-based); the last batch of an epoch may be
-    smaller. Rebuilding from the step number is what makes resume exact."""
-    steps_per_epoch = -(-num_examples // batch_size)
-    epoch, position = divmod(step, steps_per_epoch)
-    order = epoch_order(num_examples, seed, epoch)
-    return order[position * batch_size : (position + 1) * batch_size]
+def epoch_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = False
+) -> list[list[int]]:
+    """The batches of one epoch, a pure function of (lengths, seed, epoch): rebuilding them
+    from the step number is what makes resume exact. The last batch may be smaller.
+
+    With `group_by_length`, each window of 8 batches of the shuffled order is sorted by length
+    before it is cut, so rows in a batch have similar lengths and little padding is computed;
+    the batches are then shuffled so lengths do not drift through the epoch."""
+    order = epoch_order(len(lengths), seed, epoch)
+    if group_by_length:
+        window = batch_size * 8
+        order = [
+            index
+            for start in range(0, len(order), window)
+            for index in sorted(order[start : start + window], key=lambda i: -lengths[i])
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if group_by_length:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+    return batches
 
 
 def collate(items: list[TokenizedExample], pad_token_id: int) -> dict[str, torch.Tensor]:

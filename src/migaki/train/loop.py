@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from migaki.config import TrainConfig
-from migaki.data.batches import collate, step_indices
+from migaki.data.batches import collate, epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
 from migaki.train.checkpoint import LoopState, latest_checkpoint, prune_checkpoints, save_checkpoint
@@ -69,10 +69,17 @@ def fit(
     )
     window_loss, window_tokens = 0.0, 0  # training loss since the last validation
     stopped_early = False
+    lengths = [len(row.input_ids) for row in train_rows]
+    batches_of_epoch: dict[int, list[list[int]]] = {}
     model.train()
     while state.step < plan.total_steps:
         step_start = time.perf_counter()
-        indices = step_indices(len(train_rows), cfg.batch_size, cfg.seed, state.step)
+        epoch, position = divmod(state.step, plan.steps_per_epoch)
+        if epoch not in batches_of_epoch:
+            batches_of_epoch = {
+                epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+            }
+        indices = batches_of_epoch[epoch][position]
         micro_batches = [indices[i : i + micro_size] for i in range(0, len(indices), micro_size)]
         step_tokens = sum(train_rows[i].trainable_tokens for i in indices)
         lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.scheduler)
