@@ -6,7 +6,9 @@ import time
 
 import pytest
 import torch
+from conftest import qa_rows, write_jsonl, write_recipe
 
+from migaki.cli import main
 from migaki.config import load_recipe
 from migaki.models import bundled, load_causal_lm, load_tokenizer, resolve
 from migaki.quickstart import recipe_path
@@ -42,3 +44,14 @@ def test_quickstart_recipe_trains_a_few_steps_on_the_real_model(tmp_path):
     assert (run / "final" / "adapter_model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+
+
+def test_minilm_pulls_its_weights_and_is_refused_for_sft(tmp_path, capsys):
+    folder = bundled.pull("minilm-l6")
+    assert {"model.safetensors", "config.json", "tokenizer.json", "LICENSE"} <= {
+        p.name for p in folder.iterdir()
+    }
+    data = write_jsonl(tmp_path / "d.jsonl", qa_rows(10))
+    recipe = write_recipe(tmp_path / "r.yaml", "minilm-l6", data)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "minilm-l6: the tokenizer has no chat template" in capsys.readouterr().err

@@ -249,3 +249,8 @@ def test_tuned_model_learns_its_answers_and_stops(tmp_path, tiny_model):
     answers = generate_answers(loaded, prompts, max_new_tokens=40)
     assert [a for a, _ in answers] == [r["messages"][1]["content"] for r in rows]
     assert all(stopped for _, stopped in answers)
+
+
+def test_tensorboard_tracking_writes_events(tmp_path, recipe_file):
+    run = train(load_recipe(recipe_file, ["train.track=[tensorboard]"]), out=tmp_path / "run")
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))

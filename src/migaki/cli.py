@@ -6,6 +6,7 @@ Exit status: 0 success, 2 a user error (one line naming the file, line or key), 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -148,7 +149,14 @@ def _train(args: argparse.Namespace) -> None:
     run_dir = train(
         recipe, out=args.out, resume=args.resume, force=args.force, name=Path(args.recipe).stem
     )
-    print(f"done: {run_dir}/final")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest.get("best_val_loss") is not None:
+        print(
+            f"best validation loss {manifest['best_val_loss']:.4f} at step "
+            f"{manifest['best_step']}; final/ holds step {manifest['final_step']}"
+        )
+    print(f"done: {run_dir / 'final'}")
+    print(f"compare with the base model: migaki eval {run_dir} --compare-base")
 
 
 def _eval(args: argparse.Namespace) -> None:

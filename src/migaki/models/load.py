@@ -102,7 +102,8 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         tokenizer.pad_token = tokenizer.eos_token
     if not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            f"{source.name}: the tokenizer has no chat template; instruction tuning needs one"
+            f"{source.name}: the tokenizer has no chat template; instruction tuning (task sft) "
+            "needs a chat model"
         )
     return tokenizer
 
@@ -122,7 +123,9 @@ def load_causal_lm(
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{source.path}: cannot load the model ({first})") from None
+        if "Unrecognized configuration class" in first:
+            first = "it is not a causal language model; this task needs one"
+        raise UserError(f"{source.name}: cannot load the model ({first})") from None
     # A KV cache built during training makes packed sequences attend across examples.
     model.config.use_cache = False
     return model
