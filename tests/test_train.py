@@ -254,3 +254,13 @@ def test_tuned_model_learns_its_answers_and_stops(tmp_path, tiny_model):
 def test_tensorboard_tracking_writes_events(tmp_path, recipe_file):
     run = train(load_recipe(recipe_file, ["train.track=[tensorboard]"]), out=tmp_path / "run")
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_packing_changes_speed_not_learning(tmp_path, recipe_file):
+    common = ["method.lora_dropout=0", "train.eval_every=3"]
+    padded = train(load_recipe(recipe_file, [*common, "data.packing=false"]), out=tmp_path / "pad")
+    packed = train(load_recipe(recipe_file, [*common, "data.packing=true"]), out=tmp_path / "pack")
+    for split in ("train", "val"):
+        a, b = losses(padded, split), losses(packed, split)
+        assert a.keys() == b.keys()
+        assert all(abs(a[s] - b[s]) < 1e-5 for s in a), (split, a, b)

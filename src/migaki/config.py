@@ -55,6 +55,13 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="What happens to rows longer than max_length (always counted)."
     )
+    packing: bool = Field(
+        True,
+        description=(
+            "Pack several examples per row (positions restart, attention stays inside each "
+            "example): no compute is spent on padding; what is learnt does not change."
+        ),
+    )
     train_on_prompt: bool = Field(
         False, description="Also put loss on system and user tokens, not only assistant tokens."
     )

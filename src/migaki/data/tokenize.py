@@ -24,7 +24,8 @@ class TokenizedExample:
 
     @property
     def trainable_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
+        """Labelled tokens that are predicted: the first token has no left context."""
+        return sum(label != IGNORE_INDEX for label in self.labels[1:])
 
 
 @dataclass

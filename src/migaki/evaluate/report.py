@@ -8,10 +8,12 @@ import json
 import logging
 import unicodedata
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from migaki.data import Example, read_records, to_examples, tokenize_all
+from migaki.data.batches import collate
 from migaki.errors import UserError
 from migaki.evaluate.generation import LoadedModel, _autocast, generate_answers, load_for_inference
 from migaki.train.loop import evaluate_rows
@@ -74,7 +76,7 @@ def language_model_metrics(loaded: LoadedModel, examples: list[Example]) -> dict
         loaded.model,
         rows,
         8,
-        loaded.tokenizer.pad_token_id,
+        partial(collate, pad_token_id=loaded.tokenizer.pad_token_id),
         device,
         lambda: _autocast(loaded.precision, device),
     )

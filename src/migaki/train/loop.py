@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from migaki.config import TrainConfig
-from migaki.data.batches import collate, epoch_batches
+from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
 from migaki.train.checkpoint import LoopState, latest_checkpoint, prune_checkpoints, save_checkpoint
@@ -55,7 +55,7 @@ def fit(
     state: LoopState,
     run_dir: Path,
     metrics: MetricsLog,
-    pad_token_id: int,
+    collate_fn: Callable[[list[TokenizedExample]], dict[str, torch.Tensor]],
 ) -> FitResult:
     """Train from `state.step` to `plan.total_steps`; returns the final loop state."""
     micro_size = cfg.batch_size // cfg.grad_accum
@@ -88,7 +88,7 @@ def fit(
 
         step_loss = 0.0
         for micro in micro_batches:
-            batch = _to_device(collate([train_rows[i] for i in micro], pad_token_id), accelerator)
+            batch = _to_device(collate_fn([train_rows[i] for i in micro]), accelerator)
             with accelerator.autocast():
                 parts = causal_lm_loss(model, batch)
             # Divide by the step's labelled tokens, not the micro-batch's, so accumulation
@@ -138,7 +138,7 @@ def fit(
                 metrics,
                 train_loss,
                 micro_size,
-                pad_token_id,
+                collate_fn,
             )
             model.train()
             evaluated = True
@@ -161,11 +161,11 @@ def fit(
 
 
 def _validate(
-    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, micro_size, pad_token_id
+    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, micro_size, collate_fn
 ) -> bool:
     """Run validation, log it, update best/patience; True when early stopping should stop."""
     result = evaluate_rows(
-        model, val_rows, micro_size, pad_token_id, accelerator.device, accelerator.autocast
+        model, val_rows, micro_size, collate_fn, accelerator.device, accelerator.autocast
     )
     metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
@@ -196,7 +196,7 @@ def evaluate_rows(
     model,
     rows: list[TokenizedExample],
     batch_size: int,
-    pad_token_id: int,
+    collate_fn: Callable[[list[TokenizedExample]], dict[str, torch.Tensor]],
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float]:
@@ -204,7 +204,7 @@ def evaluate_rows(
     model.eval()
     loss_sum, tokens, correct = 0.0, 0, 0
     for start in range(0, len(rows), batch_size):
-        batch = collate(rows[start : start + batch_size], pad_token_id)
+        batch = collate_fn(rows[start : start + batch_size])
         batch = {key: value.to(device) for key, value in batch.items()}
         with autocast():
             parts = causal_lm_loss(model, batch)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from migaki.data.tokenize import IGNORE_INDEX
 
@@ -21,23 +22,47 @@ class LossParts:
     correct: int  # labelled tokens whose argmax prediction is right
 
 
-def causal_lm_loss(model, batch: dict[str, torch.Tensor]) -> LossParts:
+def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096) -> LossParts:
     """Next-token cross-entropy summed over labelled positions.
 
-    batch: input_ids, attention_mask, labels, each (batch, seq); labels are IGNORE_INDEX where
-    no loss is taken. Labels are shifted here, so the collator stays format-agnostic.
+    batch: input_ids and labels (batch, seq), plus attention_mask for padded batches or
+    position_ids for packed ones; labels are IGNORE_INDEX where no loss is taken. Labels are
+    shifted here, so collators stay format-agnostic.
+
+    The LM head runs only on labelled positions, `chunk_rows` at a time, and each chunk's logits
+    are recomputed in the backward pass instead of kept: the (tokens x vocab) logits are never
+    held in memory at once.
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX  # (batch, seq-1)
     hidden = _decoder(model)(
-        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,  # a cache disables the packed-sequence mask: attention would leak
     ).last_hidden_state  # (batch, seq, hidden)
     selected = hidden[:, :-1][keep]  # (labelled, hidden)
-    logits = model.get_output_embeddings()(selected).float()  # (labelled, vocab)
-    target = labels[keep]
-    loss_sum = F.cross_entropy(logits, target, reduction="sum")
-    correct = int((logits.argmax(dim=-1) == target).sum())
+    target = labels[keep]  # (labelled,)
+    head = model.get_output_embeddings()
+    loss_sum = hidden.new_zeros((), dtype=torch.float32)
+    correct = 0
+    for start in range(0, len(target), chunk_rows):
+        rows, wanted = selected[start : start + chunk_rows], target[start : start + chunk_rows]
+        if torch.is_grad_enabled():
+            chunk_loss, chunk_correct = checkpoint(
+                _head_loss, head, rows, wanted, use_reentrant=False
+            )
+        else:
+            chunk_loss, chunk_correct = _head_loss(head, rows, wanted)
+        loss_sum = loss_sum + chunk_loss
+        correct += int(chunk_correct)
     return LossParts(loss_sum, int(keep.sum()), correct)
+
+
+def _head_loss(head: torch.nn.Module, rows: torch.Tensor, target: torch.Tensor):
+    logits = head(rows).float()  # (chunk, vocab)
+    loss = F.cross_entropy(logits, target, reduction="sum")
+    return loss, (logits.argmax(dim=-1) == target).sum()
 
 
 def _decoder(model) -> torch.nn.Module:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,6 +18,8 @@ from accelerate.utils import set_seed
 from migaki import models
 from migaki.config import Recipe
 from migaki.data import load_splits, tokenize_all, write_split
+from migaki.data.batches import collate
+from migaki.data.packing import collate_packed
 from migaki.errors import UserError
 from migaki.methods import apply_method, count_parameters, load_trainable
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
@@ -141,7 +144,7 @@ def train(
             state,
             run_dir,
             metrics,
-            tokenizer.pad_token_id,
+            batch_maker(recipe, tokenizer.pad_token_id),
         )
     except BaseException as exc:
         if accelerator.is_main_process:
@@ -171,6 +174,13 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def batch_maker(recipe: Recipe, pad_token_id: int):
+    """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
+    if recipe.data.packing:
+        return partial(collate_packed, capacity=recipe.data.max_length, pad_token_id=pad_token_id)
+    return partial(collate, pad_token_id=pad_token_id)
 
 
 def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
