@@ -99,3 +99,28 @@ def test_eval_generate_and_chat_on_a_run(tmp_path, recipe_file, capsys, monkeypa
 def test_eval_of_a_bare_model_needs_data(tmp_path, tiny_model, capsys):
     code, _, err = run_cli(capsys, "eval", tiny_model)
     assert code == 2 and "give --data FILE" in err
+
+
+def test_estimate_measures_a_short_run(tmp_path, recipe_file, capsys):
+    out = tmp_path / "estimate.json"
+    code, printed, err = run_cli(
+        capsys,
+        "estimate",
+        recipe_file,
+        "train.max_steps=40",
+        "--steps",
+        "2",
+        "--price-per-hour",
+        "3.6",
+        "--json",
+        out,
+    )
+    assert code == 0, err
+    figures = json.loads(out.read_text())
+    assert figures["train_rows"] == 32 and figures["steps_per_epoch"] == 8
+    assert figures["total_steps"] == 40
+    assert figures["tokens_per_epoch"] > figures["labelled_tokens_per_epoch"] > 0
+    assert 100 < figures["peak_memory_mb"] < 10_000
+    assert figures["seconds_per_step"] > 0
+    assert figures["cost"] == pytest.approx(figures["total_seconds"] / 3600 * 3.6, abs=1e-3)
+    assert "peak memory" in printed and "cost" in printed

@@ -171,10 +171,10 @@ def test_resume_refuses_a_changed_recipe_unless_forced(tmp_path, recipe_file, ca
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, recipe_file, capsys, monkeypatch
 ):
-    import migaki.train.loop as loop
+    import migaki.train.objectives as objectives
 
     calls = {"n": 0}
-    real_loss = loop.causal_lm_loss
+    real_loss = objectives.causal_lm_loss
 
     def diverging_loss(model, batch):
         calls["n"] += 1
@@ -183,7 +183,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
             parts.loss_sum = parts.loss_sum * float("nan")
         return parts
 
-    monkeypatch.setattr(loop, "causal_lm_loss", diverging_loss)
+    monkeypatch.setattr(objectives, "causal_lm_loss", diverging_loss)
     run = tmp_path / "run"
     code = main(
         ["train", str(recipe_file), "--out", str(run), "train.eval_every=100", "train.save_every=2"]

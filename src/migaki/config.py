@@ -116,6 +116,9 @@ class TrainConfig(Section):
     final: Literal["best", "last"] = Field(
         "best", description="Which weights go to final/: best validation loss or last step."
     )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
     group_by_length: bool = Field(
         True, description="Batch rows of similar length together (less padding, faster)."
     )
@@ -141,6 +144,12 @@ class EvalConfig(Section):
     samples: int = Field(3, ge=0, description="Example answers shown side by side.")
 
 
+class EstimateConfig(Section):
+    steps: int = Field(4, ge=1, le=1000, description="Optimizer steps the measuring run takes.")
+    price_per_hour: float | None = Field(None, ge=0, description="Machine price, for the cost.")
+    currency: str = Field("USD")
+
+
 class Recipe(Section):
     name: str | None = Field(None, description="Run name; the run goes to runs/NAME-TIME.")
     model: ModelConfig
@@ -149,6 +158,7 @@ class Recipe(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:

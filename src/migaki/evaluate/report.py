@@ -16,7 +16,8 @@ from migaki.data import Example, read_records, to_examples, tokenize_all
 from migaki.data.batches import collate
 from migaki.errors import UserError
 from migaki.evaluate.generation import LoadedModel, _autocast, generate_answers, load_for_inference
-from migaki.train.loop import evaluate_rows
+from migaki.train.loop import evaluate_rows, summarize
+from migaki.train.objectives import causal_lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,16 @@ def language_model_metrics(loaded: LoadedModel, examples: list[Example]) -> dict
         system_prompt=recipe.data.system_prompt if recipe else None,
     )
     device = next(loaded.model.parameters()).device
-    metrics = evaluate_rows(
-        loaded.model,
+    loaded.model.eval()
+    sums = evaluate_rows(
+        lambda batch: causal_lm_loss(loaded.model, batch),
         rows,
         8,
         partial(collate, pad_token_id=loaded.tokenizer.pad_token_id),
         device,
         lambda: _autocast(loaded.precision, device),
     )
+    metrics = summarize(sums)
     metrics.pop("tokens")
     return metrics
 

@@ -6,6 +6,7 @@ early stopping / overfitting alarm -> checkpoint. Helpers for each concern sit b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,11 +23,13 @@ from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
 from migaki.train.checkpoint import LoopState, latest_checkpoint, prune_checkpoints, save_checkpoint
-from migaki.train.objectives import causal_lm_loss
+from migaki.train.objectives import LossParts
 from migaki.train.schedule import learning_rate
 from migaki.train.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
+
+Collate = Callable[[list[TokenizedExample]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,13 @@ def fit(
     state: LoopState,
     run_dir: Path,
     metrics: MetricsLog,
-    collate_fn: Callable[[list[TokenizedExample]], dict[str, torch.Tensor]],
+    collate_fn: Collate,
 ) -> FitResult:
-    """Train from `state.step` to `plan.total_steps`; returns the final loop state."""
-    micro_size = cfg.batch_size // cfg.grad_accum
+    """Train from `state.step` to `plan.total_steps`; returns the final loop state.
+
+    `model` is the prepared loss module (objectives.CausalLMLoss, maybe wrapped for DDP): its
+    forward returns LossParts. Every process runs this same function on its share of each step.
+    """
     progress = tqdm(
         total=plan.total_steps,
         initial=state.step,
@@ -80,21 +86,13 @@ def fit(
                 epoch: epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
             }
         indices = batches_of_epoch[epoch][position]
-        micro_batches = [indices[i : i + micro_size] for i in range(0, len(indices), micro_size)]
-        step_tokens = sum(train_rows[i].trainable_tokens for i in indices)
         lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.scheduler)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        step_loss = 0.0
-        for micro in micro_batches:
-            batch = _to_device(collate_fn([train_rows[i] for i in micro]), accelerator)
-            with accelerator.autocast():
-                parts = causal_lm_loss(model, batch)
-            # Divide by the step's labelled tokens, not the micro-batch's, so accumulation
-            # gives exactly the gradient of one big batch.
-            accelerator.backward(parts.loss_sum / step_tokens)
-            step_loss += parts.loss_sum.item()
+        step_loss, step_tokens = _forward_backward(
+            model, accelerator, train_rows, indices, cfg.grad_accum, collate_fn
+        )
         mean_loss = step_loss / step_tokens
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, run_dir))
@@ -104,7 +102,7 @@ def fit(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        real_tokens = sum(len(train_rows[i].input_ids) for i in indices)  # no padding
+        real_tokens = sum(lengths[i] for i in indices)  # no padding, all processes
         state.tokens_seen += real_tokens
         tokens_per_s = real_tokens / max(time.perf_counter() - step_start, 1e-9)
         window_loss += step_loss
@@ -129,23 +127,14 @@ def fit(
             train_loss = window_loss / max(window_tokens, 1)
             window_loss, window_tokens = 0.0, 0
             stopped_early = _validate(
-                model,
-                accelerator,
-                val_rows,
-                cfg,
-                plan,
-                state,
-                metrics,
-                train_loss,
-                micro_size,
-                collate_fn,
+                model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, collate_fn
             )
             model.train()
             evaluated = True
         improved = evaluated and state.best_step == state.step
         due = state.step % plan.save_every == 0 or improved or is_last or stopped_early
         if due and accelerator.is_main_process:
-            save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer, state)
+            save_checkpoint(run_dir, accelerator.unwrap_model(model).model, optimizer, state)
             prune_checkpoints(run_dir, cfg.keep_checkpoints, state.best_step)
         if stopped_early:
             metrics.write(
@@ -160,13 +149,64 @@ def fit(
     return FitResult(state, stopped_early)
 
 
+def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn):
+    """Accumulate the gradient of one optimizer step; returns (summed loss, labelled tokens),
+    both over all processes.
+
+    Each process takes every N-th example of the step and splits its share into exactly
+    `grad_accum` micro-batches (so every process runs the same number of backward passes, which
+    DDP needs). Each loss is divided by the labelled tokens of the whole step, not of the
+    micro-batch, and multiplied by the process count because DDP averages gradients: the result
+    is exactly the gradient of one big batch on one process."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    step_tokens = sum(rows[i].trainable_tokens for i in indices)
+    share = indices[rank::world]
+    micro_batches = [share[i::grad_accum] for i in range(grad_accum)]
+    local_loss = torch.zeros((), device=accelerator.device)
+    for number, micro in enumerate(micro_batches):
+        # a share can be shorter than grad_accum at an epoch's end: run a token-free batch
+        # with zero weight so every process still joins the gradient exchange
+        items = [rows[i] for i in micro] or [rows[share[0] if share else indices[0]]]
+        sync = number == len(micro_batches) - 1
+        with contextlib.ExitStack() as stack:
+            if not sync:
+                stack.enter_context(accelerator.no_sync(model))
+            batch = _to_device(collate_fn(items), accelerator)
+            with accelerator.autocast():
+                parts = model(**batch)
+            weight = world / step_tokens if micro else 0.0
+            accelerator.backward(parts.loss_sum * weight)
+        if micro:
+            local_loss += parts.loss_sum.detach()
+    step_loss = accelerator.reduce(local_loss, "sum") if world > 1 else local_loss
+    return step_loss.item(), step_tokens
+
+
 def _validate(
-    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, micro_size, collate_fn
+    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, collate_fn
 ) -> bool:
-    """Run validation, log it, update best/patience; True when early stopping should stop."""
-    result = evaluate_rows(
-        model, val_rows, micro_size, collate_fn, accelerator.device, accelerator.autocast
+    """Run validation, log it, update best/patience; True when early stopping should stop.
+    Each process evaluates its share of the rows; the sums are combined, so every process
+    takes the same decision."""
+    model.eval()
+    share = val_rows[accelerator.process_index :: accelerator.num_processes]
+    sums = evaluate_rows(
+        lambda batch: model(**batch),
+        share,
+        cfg.batch_size // cfg.grad_accum,
+        collate_fn,
+        accelerator.device,
+        accelerator.autocast,
     )
+    if accelerator.num_processes > 1:
+        totals = torch.tensor(
+            [sums["loss_sum"], sums["tokens"], sums["correct"]],
+            device=accelerator.device,
+            dtype=torch.float64,
+        )
+        totals = accelerator.reduce(totals, "sum").tolist()
+        sums = dict(zip(("loss_sum", "tokens", "correct"), totals, strict=True))
+    result = summarize(sums)
     metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )
@@ -193,29 +233,34 @@ def _validate(
 
 @torch.no_grad()
 def evaluate_rows(
-    model,
+    loss_fn: Callable[[dict[str, torch.Tensor]], LossParts],
     rows: list[TokenizedExample],
     batch_size: int,
-    collate_fn: Callable[[list[TokenizedExample]], dict[str, torch.Tensor]],
+    collate_fn: Collate,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float]:
-    """Loss, perplexity and token accuracy over the labelled tokens of `rows`."""
-    model.eval()
+    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
     loss_sum, tokens, correct = 0.0, 0, 0
     for start in range(0, len(rows), batch_size):
         batch = collate_fn(rows[start : start + batch_size])
         batch = {key: value.to(device) for key, value in batch.items()}
         with autocast():
-            parts = causal_lm_loss(model, batch)
+            parts = loss_fn(batch)
         loss_sum += parts.loss_sum.item()
         tokens += parts.tokens
         correct += parts.correct
-    loss = loss_sum / max(tokens, 1)
+    return {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Loss, perplexity and token accuracy from summed counts."""
+    tokens = int(sums["tokens"])
+    loss = sums["loss_sum"] / max(tokens, 1)
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
-        "token_accuracy": correct / max(tokens, 1),
+        "token_accuracy": sums["correct"] / max(tokens, 1),
         "tokens": tokens,
     }
 

@@ -1,4 +1,4 @@
-"""Objectives: functions `loss(model, batch) -> LossParts`.
+"""Objectives: functions `loss(model, batch) -> LossParts`, and a module form for wrappers.
 
 The causal-LM loss runs the LM head only on positions that carry a label, so the full
 (tokens x vocab) logits are never built for prompt tokens and padding.
@@ -63,6 +63,18 @@ def _head_loss(head: torch.nn.Module, rows: torch.Tensor, target: torch.Tensor):
     logits = head(rows).float()  # (chunk, vocab)
     loss = F.cross_entropy(logits, target, reduction="sum")
     return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A model with its loss as `forward`, so DDP, FSDP or DeepSpeed wrap the whole computation
+    (the loss calls the decoder directly, which would bypass a wrapper around the bare model)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        return causal_lm_loss(self.model, batch)
 
 
 def _decoder(model) -> torch.nn.Module:

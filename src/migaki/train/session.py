@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from migaki import models
 from migaki.config import Recipe
@@ -31,6 +31,7 @@ from migaki.train.checkpoint import (
     read_state,
 )
 from migaki.train.loop import StepPlan, fit
+from migaki.train.objectives import CausalLMLoss
 from migaki.train.precision import choose_precision
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
@@ -47,11 +48,14 @@ def train(
 ) -> Path:
     """Run a recipe and return the run directory. Raises UserError for problems a user can fix
     (data, model, a resume that does not match its checkpoint)."""
-    run_dir = Path(out) if out else new_run_dir(recipe.name or name)
-    checkpoint = _check_run_dir(run_dir, resume)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
     accelerator = _fresh_accelerator(device, precision)
+    _announce_processes(accelerator, recipe)
+    # the main process names the run (a timestamp), so every process writes to the same place
+    run_dir = Path(broadcast_object_list([str(out or new_run_dir(recipe.name or name))])[0])
+    checkpoint = _check_run_dir(run_dir, resume)
+    accelerator.wait_for_everyone()  # every process checks before the main one writes
     set_seed(recipe.train.seed)
 
     splits = load_splits(recipe.data, recipe.train.seed)
@@ -78,6 +82,9 @@ def train(
     model = models.load_causal_lm(
         source, recipe.model.attn_implementation, recipe.model.trust_remote_code
     )
+    if recipe.train.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, recipe.method)
     trainable, total = count_parameters(model)
     log.info(
@@ -92,13 +99,13 @@ def train(
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
+    objective, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
     plan = plan_steps(len(rows["train"]), recipe)
 
     state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=splits.hashes)
     metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer)
+        state = load_checkpoint(checkpoint, model, optimizer)
         metrics.truncate_after(state.step)
         metrics.write(step=state.step, event="resume", checkpoint=checkpoint.name)
         log.info("resuming from %s (step %d of %d)", checkpoint, state.step, plan.total_steps)
@@ -134,7 +141,7 @@ def train(
 
     try:
         result = fit(
-            model,
+            objective,
             optimizer,
             accelerator,
             rows["train"],
@@ -159,9 +166,7 @@ def train(
         metrics.close()
 
     if accelerator.is_main_process:
-        final_step = _save_final(
-            accelerator.unwrap_model(model), tokenizer, run_dir, recipe, result.state
-        )
+        final_step = _save_final(model, tokenizer, run_dir, recipe, result.state)
         update_manifest(
             run_dir,
             status="early_stopped" if result.stopped_early else "completed",
@@ -174,6 +179,46 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Say how many processes train together, and refuse set-ups that would silently train
+    independent copies or split a batch unevenly."""
+    world = accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != world:
+        raise UserError(
+            f"the launcher started {launched} processes but they did not join one process "
+            "group; use torchrun or accelerate launch with a multi-process config"
+        )
+    if recipe.train.batch_size % (recipe.train.grad_accum * world):
+        raise UserError(
+            f"train.batch_size ({recipe.train.batch_size}) must be a multiple of "
+            f"train.grad_accum x processes ({recipe.train.grad_accum} x {world})"
+        )
+    kind = accelerator.distributed_type
+    if kind == DistributedType.FSDP or (
+        kind == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3
+    ):
+        raise UserError(
+            f"{kind.value} with sharded weights is not supported yet: checkpoints would hold "
+            "only one shard; use DDP or DeepSpeed ZeRO-2 (examples/accelerate/)"
+        )
+    if kind == DistributedType.DEEPSPEED and recipe.train.grad_accum != 1:
+        raise UserError(
+            "train.grad_accum must be 1 under DeepSpeed (it steps after every backward pass); "
+            "raise train.batch_size instead"
+        )
+    backend = getattr(accelerator.state, "backend", None) or "none"
+    what = "1 process trains" if world == 1 else f"{world} processes train together"
+    log.info(
+        "%s on %s (backend %s); global batch %d, %d per process per micro-batch",
+        what,
+        accelerator.device.type,
+        backend,
+        recipe.train.batch_size,
+        recipe.train.batch_size // (recipe.train.grad_accum * world),
+    )
 
 
 def batch_maker(recipe: Recipe, pad_token_id: int):

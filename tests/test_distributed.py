@@ -1,0 +1,86 @@
+"""Two processes learn what one does: `train.batch_size` is the global batch."""
+
+import os
+import subprocess
+import sys
+
+from conftest import qa_rows, write_jsonl, write_recipe
+
+from migaki.config import load_recipe
+from migaki.train import train
+from migaki.train.tracking import read_metrics
+
+
+def losses(run_dir, split="train"):
+    return {m["step"]: m["loss"] for m in read_metrics(run_dir) if m.get("split") == split}
+
+
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(60))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        method={"lora_dropout": 0.0},
+        train={"max_steps": 12, "batch_size": 8, "grad_accum": 2, "eval_every": 6, "lr": 5e-3},
+    )
+    single = train(load_recipe(recipe), out=tmp_path / "one")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "migaki",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes train together on cpu (backend gloo)" in result.stderr
+    for split in ("train", "val"):
+        one, two = losses(single, split), losses(tmp_path / "two", split)
+        assert one.keys() == two.keys() and one
+        assert all(abs(one[s] - two[s]) < 1e-4 for s in one), (split, one, two)
+    assert (tmp_path / "two" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_batch_that_does_not_split_across_processes_is_refused(tmp_path, tiny_model):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(20))
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_model, data, train={"batch_size": 6, "grad_accum": 2}
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29532",
+            "-m",
+            "migaki",
+            "train",
+            str(recipe),
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "must be a multiple of train.grad_accum x processes (2 x 2)" in result.stderr
