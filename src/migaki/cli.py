@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--force", action="store_true", help="resume even if the recipe or data changed"
     )
+    train.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # for estimate
     train.set_defaults(handler=_train)
 
     ev = command(
@@ -160,7 +161,12 @@ def _train(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = train(
-        recipe, out=args.out, resume=args.resume, force=args.force, name=Path(args.recipe).stem
+        recipe,
+        out=args.out,
+        resume=args.resume,
+        force=args.force,
+        name=Path(args.recipe).stem,
+        probe=args.probe,
     )
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if manifest.get("best_val_loss") is not None:
@@ -249,7 +255,8 @@ def _estimate(args: argparse.Namespace) -> None:
         f"peak memory         {figures['peak_memory_mb']:,.0f} MB "
         f"({figures['memory_kind']}, method {figures['method']}, {figures['precision']})"
     )
-    print(f"time per step       {figures['seconds_per_step']:.2f} s (measured here)")
+    print(f"speed               {figures['tokens_per_s']:,.0f} tokens/s (measured here)")
+    print(f"time per step       {figures['seconds_per_step']:.2f} s")
     print(f"time per epoch      {figures['seconds_per_epoch'] / 60:.1f} min")
     print(f"whole run           {hours:.2f} h")
     if figures["cost"] is not None:

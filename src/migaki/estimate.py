@@ -36,9 +36,11 @@ def estimate(
     price = price_per_hour if price_per_hour is not None else recipe.estimate.price_per_hour
     tokens, labelled, rows = _count_tokens(recipe)
     plan = plan_steps(rows, recipe)
-    measured = _micro_run(recipe_path, overrides, min(steps, plan.total_steps) + 1)
-    seconds_per_epoch = measured["seconds_per_step"] * plan.steps_per_epoch
-    total_seconds = measured["seconds_per_step"] * plan.total_steps
+    measured = _micro_run(recipe_path, overrides, steps + 1)
+    # the probe runs the heaviest batch; time scales with tokens, so use its token rate
+    seconds_per_epoch = tokens / measured["tokens_per_s"]
+    seconds_per_step = seconds_per_epoch / plan.steps_per_epoch
+    total_seconds = seconds_per_step * plan.total_steps
     hours = total_seconds / 3600
     return {
         "method": recipe.method.name,
@@ -49,7 +51,8 @@ def estimate(
         "total_steps": plan.total_steps,
         "peak_memory_mb": measured["peak_memory_mb"],
         "memory_kind": measured["memory_kind"],
-        "seconds_per_step": measured["seconds_per_step"],
+        "tokens_per_s": measured["tokens_per_s"],
+        "seconds_per_step": seconds_per_step,
         "seconds_per_epoch": seconds_per_epoch,
         "total_seconds": total_seconds,
         "cost": round(hours * price, 4) if price is not None else None,
@@ -99,11 +102,10 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
             lines = result.stderr.strip().splitlines() or ["no output"]
             raise UserError(f"the measuring run failed: {lines[-1]}")
         manifest = json.loads((run_dir / "manifest.json").read_text())
-        times = [m["time"] for m in read_metrics(run_dir) if m.get("split") == "train"]
-    per_step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else float("nan")
+        rates = [m["tokens_per_s"] for m in read_metrics(run_dir) if m.get("split") == "train"]
     return {
         "peak_memory_mb": manifest["peak_memory_mb"],
         "memory_kind": "peak GPU allocation" if manifest["machine"]["gpus"] else "peak RSS",
-        "seconds_per_step": per_step,
+        "tokens_per_s": sum(rates[1:]) / len(rates[1:]),
         "precision": manifest["precision"],
     }

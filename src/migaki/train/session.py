@@ -45,9 +45,13 @@ def train(
     resume: bool = False,
     force: bool = False,
     name: str = "run",
+    probe: bool = False,
 ) -> Path:
     """Run a recipe and return the run directory. Raises UserError for problems a user can fix
-    (data, model, a resume that does not match its checkpoint)."""
+    (data, model, a resume that does not match its checkpoint).
+
+    `probe` (used by `migaki estimate`) trains on the recipe's longest rows only, so the
+    measured peak memory is that of the heaviest step a real run can meet."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
     accelerator = _fresh_accelerator(device, precision)
@@ -76,6 +80,10 @@ def train(
         )
         if examples:
             log.info("data %s: %s", split_name, report.summary())
+    if probe:
+        rows["train"] = sorted(rows["train"], key=lambda r: -len(r.input_ids))[
+            : recipe.train.batch_size
+        ]
     if not rows["train"]:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
 
