@@ -82,3 +82,25 @@ def test_length_policy_is_counted_never_silent(tokenizer):
     kept, report = tokenize_all([short, long_answer], tokenizer, max_length=limit, overlong="drop")
     assert len(kept) == 1 and report.dropped == {f"longer than max_length={limit}": 1}
     assert report.summary().startswith("1/2 rows kept")
+
+
+def test_tokenized_splits_are_cached_and_keyed_on_what_decides_the_tokens(
+    tokenizer, tmp_path, monkeypatch
+):
+    import migaki.data.cache as cache
+
+    monkeypatch.setenv("MIGAKI_CACHE", str(tmp_path))
+    examples = [chat(("u", "Hi"), ("a", "Hello.")), chat(("u", "Price?"), ("a", "6,980 yen."))]
+    calls = []
+    real = cache.tokenize_all
+    monkeypatch.setattr(cache, "tokenize_all", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    first, report = cache.tokenize_cached(examples, tokenizer, max_length=64)
+    again, report_again = cache.tokenize_cached(examples, tokenizer, max_length=64)
+    assert len(calls) == 1 and len(list((tmp_path / "tokenized").glob("*.arrow"))) == 1
+    assert [(r.input_ids, r.labels) for r in again] == [(r.input_ids, r.labels) for r in first]
+    assert report_again.summary() == report.summary()
+
+    cache.tokenize_cached(examples, tokenizer, max_length=8)  # another setting
+    cache.tokenize_cached(examples[:1], tokenizer, max_length=64)  # other data
+    assert len(calls) == 3

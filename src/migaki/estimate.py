@@ -16,7 +16,8 @@ from typing import Any
 
 from migaki import models
 from migaki.config import Recipe, load_recipe
-from migaki.data import load_splits, tokenize_all
+from migaki.data import load_splits
+from migaki.data.cache import tokenize_for_recipe
 from migaki.errors import UserError
 from migaki.train import plan_steps
 from migaki.train.tracking import read_metrics
@@ -66,14 +67,7 @@ def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
     """(real tokens, labelled tokens, rows) of one epoch of the training split."""
     splits = load_splits(recipe.data, recipe.train.seed)
     tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
-    rows, _ = tokenize_all(
-        splits.train,
-        tokenizer,
-        max_length=recipe.data.max_length,
-        overlong=recipe.data.overlong,
-        system_prompt=recipe.data.system_prompt,
-        train_on_prompt=recipe.data.train_on_prompt,
-    )
+    rows, _ = tokenize_for_recipe(splits.train, tokenizer, recipe.data)
     if not rows:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
     return sum(len(r.input_ids) for r in rows), sum(r.trainable_tokens for r in rows), len(rows)

@@ -17,8 +17,9 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from migaki import models
 from migaki.config import Recipe
-from migaki.data import load_splits, tokenize_all, write_split
+from migaki.data import load_splits, write_split
 from migaki.data.batches import collate
+from migaki.data.cache import tokenize_for_recipe
 from migaki.data.packing import collate_packed
 from migaki.errors import UserError
 from migaki.methods import apply_method, count_parameters, load_trainable
@@ -70,14 +71,7 @@ def train(
     rows = {}
     for split_name in ("train", "val", "test"):
         examples = getattr(splits, split_name)
-        rows[split_name], report = tokenize_all(
-            examples,
-            tokenizer,
-            max_length=recipe.data.max_length,
-            overlong=recipe.data.overlong,
-            system_prompt=recipe.data.system_prompt,
-            train_on_prompt=recipe.data.train_on_prompt,
-        )
+        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe.data)
         if examples:
             log.info("data %s: %s", split_name, report.summary())
     if probe:
