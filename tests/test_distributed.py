@@ -3,7 +3,9 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import qa_rows, write_jsonl, write_recipe
 
 from migaki.config import load_recipe
@@ -15,7 +17,28 @@ def losses(run_dir, split="train"):
     return {m["step"]: m["loss"] for m in read_metrics(run_dir) if m.get("split") == split}
 
 
-def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model):
+ROOT = Path(__file__).resolve().parent.parent
+LAUNCHERS = {
+    "torchrun": [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+    ],
+    "accelerate": [
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--config_file",
+        str(ROOT / "examples" / "accelerate" / "cpu-2proc.yaml"),
+    ],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model, launcher):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(60))
     recipe = write_recipe(
         tmp_path / "r.yaml",
@@ -28,13 +51,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29531",
+            *LAUNCHERS[launcher],
             "-m",
             "migaki",
             "train",

@@ -264,3 +264,24 @@ def test_packing_changes_speed_not_learning(tmp_path, recipe_file):
         a, b = losses(padded, split), losses(packed, split)
         assert a.keys() == b.keys()
         assert all(abs(a[s] - b[s]) < 1e-5 for s in a), (split, a, b)
+
+
+def test_gradient_checkpointing_changes_memory_not_learning(tmp_path, recipe_file):
+    common = ["method.lora_dropout=0", "train.eval_every=100"]
+    plain = train(load_recipe(recipe_file, common), out=tmp_path / "plain")
+    checkpointed = train(
+        load_recipe(recipe_file, [*common, "train.gradient_checkpointing=true"]),
+        out=tmp_path / "gc",
+    )
+    a, b = losses(plain), losses(checkpointed)
+    assert a.keys() == b.keys()
+    assert all(abs(a[s] - b[s]) < 1e-5 for s in a), (a, b)
+
+
+def test_compiled_training_learns_like_eager(tmp_path, recipe_file):
+    common = ["method.lora_dropout=0", "train.eval_every=100", "train.max_steps=3"]
+    eager = losses(train(load_recipe(recipe_file, common), out=tmp_path / "eager"))
+    compiled = losses(
+        train(load_recipe(recipe_file, [*common, "train.compile=true"]), out=tmp_path / "c")
+    )
+    assert all(abs(eager[s] - compiled[s]) < 1e-4 for s in eager), (eager, compiled)

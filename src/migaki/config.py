@@ -119,6 +119,13 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )
+    compile: bool = Field(
+        False,
+        description=(
+            "torch.compile the transformer body. On a 2-core CPU: 287 s to compile, then ~10% "
+            "faster per step, so it pays only for long runs; usually worth it on GPUs."
+        ),
+    )
     group_by_length: bool = Field(
         True, description="Batch rows of similar length together (less padding, faster)."
     )

@@ -35,7 +35,7 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
     """
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX  # (batch, seq-1)
-    hidden = _decoder(model)(
+    hidden = decoder(model)(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
@@ -77,7 +77,7 @@ class CausalLMLoss(torch.nn.Module):
         return causal_lm_loss(self.model, batch)
 
 
-def _decoder(model) -> torch.nn.Module:
+def decoder(model) -> torch.nn.Module:
     """The transformer body below the LM head (LoRA layers, if any, live inside it)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return base.get_decoder()

@@ -32,7 +32,7 @@ from migaki.train.checkpoint import (
     read_state,
 )
 from migaki.train.loop import StepPlan, fit
-from migaki.train.objectives import CausalLMLoss
+from migaki.train.objectives import CausalLMLoss, decoder
 from migaki.train.precision import choose_precision
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
@@ -88,6 +88,8 @@ def train(
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_method(model, recipe.method)
+    if recipe.train.compile:
+        decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
     trainable, total = count_parameters(model)
     log.info(
         "method %s: %s trainable of %s parameters (%.2f%%); precision %s; device %s",
