@@ -55,11 +55,12 @@ class DataConfig(Section):
     overlong: Literal["truncate", "drop"] = Field(
         "truncate", description="What happens to rows longer than max_length (always counted)."
     )
-    packing: bool = Field(
-        True,
+    packing: Literal["auto"] | bool = Field(
+        "auto",
         description=(
             "Pack several examples per row (positions restart, attention stays inside each "
-            "example): no compute is spent on padding; what is learnt does not change."
+            "example); what is learnt does not change. auto: on GPUs; off on CPUs, where "
+            "length-grouped padded batches measured 1.4x faster."
         ),
     )
     train_on_prompt: bool = Field(

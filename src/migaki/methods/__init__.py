@@ -39,9 +39,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_trainable(model: torch.nn.Module, path: str) -> None:
     """The trainable weights only: what a checkpoint needs besides the (frozen) base."""
-    state = trainable_state(model)
-    # Tied weights (embeddings and LM head) share storage; safetensors refuses shared tensors.
-    save_file({name: tensor.clone() for name, tensor in state.items()}, path)
+    # named_parameters() lists a tied weight (embeddings = LM head) once, so no two tensors
+    # here share storage (safetensors refuses that) and nothing needs a copy.
+    save_file(trainable_state(model), path)
 
 
 def load_trainable(model: torch.nn.Module, path: str) -> None:

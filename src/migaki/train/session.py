@@ -155,7 +155,7 @@ def train(
             state,
             run_dir,
             metrics,
-            batch_maker(recipe, tokenizer.pad_token_id),
+            batch_maker(recipe, tokenizer.pad_token_id, device),
         )
     except BaseException as exc:
         if accelerator.is_main_process:
@@ -225,9 +225,10 @@ def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
     )
 
 
-def batch_maker(recipe: Recipe, pad_token_id: int):
+def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
     """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
-    if recipe.data.packing:
+    packing = recipe.data.packing
+    if packing is True or (packing == "auto" and device.type == "cuda"):
         return partial(collate_packed, capacity=recipe.data.max_length, pad_token_id=pad_token_id)
     return partial(collate, pad_token_id=pad_token_id)
 
