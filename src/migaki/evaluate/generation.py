@@ -87,7 +87,9 @@ def generate_answers(
             stopped = tokenizer.eos_token_id in ids
             if stopped:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
-            results.append((tokenizer.decode(ids, skip_special_tokens=True).strip(), stopped))
+            # a cut at max_new_tokens can split a multi-byte character; drop the broken tail
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd")
+            results.append((text, stopped))
     tokenizer.padding_side = "right"
     return results
 
