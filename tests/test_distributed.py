@@ -37,6 +37,17 @@ LAUNCHERS = {
 }
 
 
+def launch(launcher: str, recipe: Path, out: Path) -> subprocess.CompletedProcess:
+    """`migaki train` in 2 CPU processes through `launcher`."""
+    return subprocess.run(
+        [*LAUNCHERS[launcher], "-m", "migaki", "train", str(recipe), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+
+
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model, launcher):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(60))
@@ -48,22 +59,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path, tiny_model
         train={"max_steps": 12, "batch_size": 8, "grad_accum": 2, "eval_every": 6, "lr": 5e-3},
     )
     single = train(load_recipe(recipe), out=tmp_path / "one")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [
-            *LAUNCHERS[launcher],
-            "-m",
-            "migaki",
-            "train",
-            str(recipe),
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    result = launch(launcher, recipe, tmp_path / "two")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes train together on cpu (backend gloo)" in result.stderr
     for split in ("train", "val"):
@@ -78,26 +74,6 @@ def test_batch_that_does_not_split_across_processes_is_refused(tmp_path, tiny_mo
     recipe = write_recipe(
         tmp_path / "r.yaml", tiny_model, data, train={"batch_size": 6, "grad_accum": 2}
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29532",
-            "-m",
-            "migaki",
-            "train",
-            str(recipe),
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
-    )
+    result = launch("torchrun", recipe, tmp_path / "two")
     assert result.returncode != 0
     assert "must be a multiple of train.grad_accum x processes (2 x 2)" in result.stderr
