@@ -68,38 +68,8 @@ def train(
         _check_resume(checkpoint, recipe, splits.hashes, force)
     source = models.resolve(recipe.model.base)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
-    rows = {}
-    for split_name in ("train", "val", "test"):
-        examples = getattr(splits, split_name)
-        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe.data)
-        if examples:
-            log.info("data %s: %s", split_name, report.summary())
-    if probe:
-        rows["train"] = sorted(rows["train"], key=lambda r: -len(r.input_ids))[
-            : recipe.train.batch_size
-        ]
-    if not rows["train"]:
-        raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
-
-    model = models.load_causal_lm(
-        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
-    )
-    if recipe.train.gradient_checkpointing:
-        # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_method(model, recipe.method)
-    if recipe.train.compile:
-        decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
-    trainable, total = count_parameters(model)
-    log.info(
-        "method %s: %s trainable of %s parameters (%.2f%%); precision %s; device %s",
-        recipe.method.name,
-        f"{trainable:,}",
-        f"{total:,}",
-        100 * trainable / total,
-        precision,
-        device,
-    )
+    rows = _tokenize_splits(splits, tokenizer, recipe, probe)
+    model, trainable, total = _build_model(recipe, source, precision, device)
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
@@ -241,6 +211,47 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     GradientState._reset_state()
     mixed = "no" if precision == "fp32" else precision
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+
+
+def _tokenize_splits(splits, tokenizer, recipe: Recipe, probe: bool) -> dict[str, list]:
+    """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently).
+    A probe keeps only the longest training rows: the heaviest batch a run can meet."""
+    rows = {}
+    for split_name in ("train", "val", "test"):
+        examples = getattr(splits, split_name)
+        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe.data)
+        if examples:
+            log.info("data %s: %s", split_name, report.summary())
+    if probe:
+        longest_first = sorted(rows["train"], key=lambda r: -len(r.input_ids))
+        rows["train"] = longest_first[: recipe.train.batch_size]
+    if not rows["train"]:
+        raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
+    return rows
+
+
+def _build_model(recipe: Recipe, source, precision: str, device: torch.device):
+    """The base model with the recipe's method and memory options; (model, trainable, total)."""
+    model = models.load_causal_lm(
+        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
+    )
+    if recipe.train.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_method(model, recipe.method)
+    if recipe.train.compile:
+        decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
+    trainable, total = count_parameters(model)
+    log.info(
+        "method %s: %s trainable of %s parameters (%.2f%%); precision %s; device %s",
+        recipe.method.name,
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+        precision,
+        device,
+    )
+    return model, trainable, total
 
 
 def plan_steps(num_rows: int, recipe: Recipe) -> StepPlan:
