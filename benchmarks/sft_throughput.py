@@ -17,7 +17,10 @@ system:
 tokens/s counts real (non-padding) tokens of steps 2..N over the wall time from the end of step 1
 to the end of step N, the same definition for every system. The parent also measures this
 machine's matmul peak (2048^3, best of several runs) for fp32 and bf16 and derives migaki's
-model-FLOPs utilisation. Not a test: it prints a table (and writes JSON with --json).
+model-FLOPs utilisation. Training losses of single steps differ between systems because each
+draws batches in its own order; `held_out_loss` scores every system's final model on the same
+64 held-out rows (assistant tokens, same rendering), which is what must agree.
+Not a test: it prints a table (and writes JSON with --json).
 
     python benchmarks/sft_throughput.py --steps 20 --json out.json
     python benchmarks/sft_throughput.py --steps 2 --systems migaki,trl_best   # smoke run
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 MODEL = "smollm2-135m-instruct"
+HELD_OUT = 64  # rows after the training rows; every system's final model is scored on them
 SYSTEMS = ("migaki", "trl_default", "trl_best")
 BATCH = 8
 MAX_LENGTH = 512
@@ -155,6 +159,29 @@ def throughput(marks: list[tuple[int, float, int]]) -> tuple[float, float]:
     return (k_last - k_first) / max(seconds, 1e-9), seconds
 
 
+def held_out_loss(model, tokenizer, workdir: Path) -> float:
+    """Mean loss on the assistant tokens of the held-out rows (the same rows and the same
+    rendering for every system): the comparable measure of what each system learnt."""
+    import torch
+
+    from migaki.data import Example, tokenize_example
+    from migaki.data.batches import collate
+    from migaki.train.objectives import causal_lm_loss
+
+    lines = (workdir / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    items = [
+        tokenize_example(Example("heldout", i, messages=json.loads(line)["messages"]), tokenizer)
+        for i, line in enumerate(lines)
+    ]
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(items), 8):
+            parts = causal_lm_loss(model, collate(items[start : start + 8], tokenizer.pad_token_id))
+            loss_sum, tokens = loss_sum + parts.loss_sum.item(), tokens + parts.tokens
+    return loss_sum / tokens
+
+
 def run_migaki(rows_path: Path, steps: int, workdir: Path) -> dict[str, Any]:
     from migaki.config import build_recipe
     from migaki.train import train
@@ -189,7 +216,12 @@ def run_migaki(rows_path: Path, steps: int, workdir: Path) -> dict[str, Any]:
         }
     )
     run_dir = train(recipe, out=workdir / "migaki-run")
-    return migaki_result(run_dir)
+    from migaki.evaluate import load_for_inference
+
+    loaded = load_for_inference(run_dir)
+    return migaki_result(run_dir) | {
+        "held_out_loss": held_out_loss(loaded.model, loaded.tokenizer, workdir)
+    }
 
 
 def migaki_result(run_dir: Path) -> dict[str, Any]:
@@ -208,8 +240,8 @@ def migaki_result(run_dir: Path) -> dict[str, Any]:
         "trainable_params": manifest["trainable_params"],
         "loss_on": "assistant tokens",
         "notes": [
-            f"precision auto -> {manifest['precision']}; packing on (migaki default, examples"
-            " isolated); group_by_length on (migaki default)"
+            f"precision auto -> {manifest['precision']}; packing auto (off on CPU);"
+            " group_by_length on (migaki defaults)"
         ],
     }
 
@@ -322,7 +354,9 @@ def run_trl(system: str, rows_path: Path, steps: int, workdir: Path, bf16: bool)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     tokens_per_s, seconds = throughput(meter.marks)
     trainable, _ = trainer.model.get_nb_trainable_parameters()
+    tokenizer = trainer.processing_class
     return {
+        "held_out_loss": held_out_loss(trainer.model, tokenizer, workdir),
         "tokens_per_s": tokens_per_s,
         "timed_s": seconds,
         "tokens_total": meter.tokens,
@@ -405,6 +439,7 @@ def add_mfu(results: dict[str, dict], peaks: dict[str, float], fpt: float) -> No
 def print_table(results: dict[str, dict]) -> None:
     base = results.get("migaki", {})
     head = f"{'system':<12} {'tok/s':>7} {'peak RSS MB':>11} {'final loss':>10} {'mean loss':>9}"
+    head += f" {'held-out':>8}"
     head += f" {'wall s':>7} {'prec':>5} {'migaki/x tok/s':>14} {'x/migaki RSS':>12}"
     print(head)
     print("-" * len(head))
@@ -415,7 +450,8 @@ def print_table(results: dict[str, dict]) -> None:
         speed = base["tokens_per_s"] / r["tokens_per_s"] if "tokens_per_s" in base else None
         memory = r["peak_rss_mb"] / base["peak_rss_mb"] if "peak_rss_mb" in base else None
         line = f"{name:<12} {r['tokens_per_s']:>7.1f} {r['peak_rss_mb']:>11.0f}"
-        line += f" {r['final_loss']:>10.4f} {r['mean_loss']:>9.4f} {r['wall_s']:>7.1f}"
+        line += f" {r['final_loss']:>10.4f} {r['mean_loss']:>9.4f} {r['held_out_loss']:>8.4f}"
+        line += f" {r['wall_s']:>7.1f}"
         line += f" {r['precision']:>5} {_ratio(speed):>14} {_ratio(memory):>12}"
         print(line)
 
@@ -446,7 +482,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     from migaki.models import resolve
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    rows, notes = load_examples(Path(args.data), args.steps * BATCH)
+    rows, notes = load_examples(Path(args.data), args.steps * BATCH + HELD_OUT)
+    rows, held_out = rows[: args.steps * BATCH], rows[args.steps * BATCH :]
     model_dir = Path(resolve(MODEL).path)
     lengths = token_lengths(model_dir, rows)
     overlong = sum(n > MAX_LENGTH for n in lengths)
@@ -462,6 +499,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(tmp)
         with open(workdir / "rows.jsonl", "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        with open(workdir / "heldout.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in held_out)
         results = {system: launch(system, args, workdir, bf16) for system in systems}
     lora = next((r["trainable_params"] for r in results.values() if "trainable_params" in r), 0)
     fpt, formula = flops_per_token(model_dir, lora, lengths)
