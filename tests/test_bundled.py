@@ -25,11 +25,11 @@ def test_bundled_smollm2_converts_once_and_loads_as_a_plain_model():
     started = time.perf_counter()
     model = load_causal_lm(resolve("smollm2-135m-instruct"))
     print(f"cached load: {time.perf_counter() - started:.2f} s")
-    assert model.hf_quantizer is None if hasattr(model, "hf_quantizer") else True
+    assert getattr(model, "hf_quantizer", None) is None
     tokenizer = load_tokenizer(source)
     assert tokenizer.eos_token == "<|im_end|>"
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    (bundled.bundled_dir("smollm2-135m-instruct") / "LICENSE").is_file()
+    assert (bundled.bundled_dir("smollm2-135m-instruct") / "LICENSE").is_file()
 
 
 def test_quickstart_recipe_trains_a_few_steps_on_the_real_model(tmp_path):

@@ -56,6 +56,11 @@ def test_missing_recipe_exits_2(tmp_path, capsys):
     assert code == 2 and "recipe file not found" in err
 
 
+def test_resume_needs_the_run_directory(recipe_file, capsys):
+    code, _, err = run_cli(capsys, "train", recipe_file, "--resume")
+    assert code == 2 and "--resume continues an existing run" in err
+
+
 @pytest.mark.parametrize("command", ["quickstart", "train", "eval", "generate", "chat", "models"])
 def test_every_command_has_help_with_an_example(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -122,5 +127,6 @@ def test_estimate_measures_a_short_run(tmp_path, recipe_file, capsys):
     assert figures["tokens_per_epoch"] > figures["labelled_tokens_per_epoch"] > 0
     assert 100 < figures["peak_memory_mb"] < 10_000
     assert figures["seconds_per_step"] > 0
+    assert figures["measured_on_rows"] == 4  # the probe trains on one batch of the longest rows
     assert figures["cost"] == pytest.approx(figures["total_seconds"] / 3600 * 3.6, abs=1e-3)
     assert "peak memory" in printed and "cost" in printed

@@ -79,14 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "compare base vs tuned on the held-out test split.",
     )
     quick.add_argument("--out", help="run directory (default runs/quickstart-TIME)")
-    quick.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    _overrides_argument(quick)
     quick.set_defaults(handler=_quickstart)
 
     train = command("train", "Run a recipe: fine-tune a model and write a run directory.")
     train.add_argument("recipe", help="recipe YAML file")
-    train.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4"
-    )
+    _overrides_argument(train)
     train.add_argument("--out", help="run directory (default runs/NAME-TIME)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
@@ -127,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "measured by a short run of the recipe on this machine, and the cost.",
     )
     est.add_argument("recipe", help="recipe YAML file")
-    est.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides")
+    _overrides_argument(est)
     est.add_argument("--steps", type=int, help="optimizer steps to measure (default 4)")
     est.add_argument("--price-per-hour", type=float, help="machine price per hour")
     est.add_argument("--json", dest="json_path", help="also write the figures to this file")
@@ -140,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--force", action="store_true", help="pull again even if cached")
     mod.set_defaults(handler=_models)
     return parser
+
+
+def _overrides_argument(parser: argparse.ArgumentParser) -> None:
+    # main() also collects KEY=VALUE pairs written after options (see OVERRIDE)
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.lr=1e-4"
+    )
 
 
 def _generation_options(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +164,8 @@ def _train(args: argparse.Namespace) -> None:
     from migaki.config import load_recipe
     from migaki.train import train
 
+    if args.resume and not args.out:
+        raise UserError("--resume continues an existing run: name it with --out RUN_DIR")
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = train(
         recipe,
@@ -168,6 +175,8 @@ def _train(args: argparse.Namespace) -> None:
         name=Path(args.recipe).stem,
         probe=args.probe,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun/accelerate, the main process reports
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if manifest.get("best_val_loss") is not None:
         print(
@@ -265,7 +274,9 @@ def _estimate(args: argparse.Namespace) -> None:
             f"at {figures['price_per_hour']}/h"
         )
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(figures, indent=2))
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
 
 
 def _models(args: argparse.Namespace) -> None:

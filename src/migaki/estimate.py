@@ -60,6 +60,7 @@ def estimate(
         "currency": recipe.estimate.currency,
         "price_per_hour": price,
         "precision": measured["precision"],
+        "measured_on_rows": measured["probe_rows"],
     }
 
 
@@ -74,7 +75,8 @@ def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
 
 
 def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dict[str, Any]:
-    """Run `steps` optimizer steps of the recipe in a fresh process; the first is warm-up."""
+    """Run `steps` optimizer steps of the recipe's heaviest batch (its longest rows) in a fresh
+    process: an upper bound on the memory of any step. The first step is warm-up."""
     with tempfile.TemporaryDirectory(prefix="migaki-estimate-") as tmp:
         run_dir = Path(tmp) / "run"
         command = [
@@ -90,6 +92,7 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
             "train.track=[]",
             "--out",
             str(run_dir),
+            "--probe",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -102,4 +105,5 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
         "memory_kind": "peak GPU allocation" if manifest["machine"]["gpus"] else "peak RSS",
         "tokens_per_s": sum(rates[1:]) / len(rates[1:]),
         "precision": manifest["precision"],
+        "probe_rows": manifest["data"]["rows"]["train"],
     }

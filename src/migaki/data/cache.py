@@ -58,7 +58,9 @@ def tokenize_for_recipe(
 
 def _key(examples: list[Example], tokenizer, settings: dict) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION}".encode())
-    digest.update(tokenizer.backend_tokenizer.to_str().encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # None for slow tokenizers
+    definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab())
+    digest.update(definition.encode())
     digest.update(str(getattr(tokenizer, "chat_template", "")).encode())
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for example in examples:

@@ -164,14 +164,16 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
     micro_batches = [share[i::grad_accum] for i in range(grad_accum)]
     local_loss = torch.zeros((), device=accelerator.device)
     for number, micro in enumerate(micro_batches):
-        # a share can be shorter than grad_accum at an epoch's end: run a token-free batch
-        # with zero weight so every process still joins the gradient exchange
+        if not micro and world == 1:
+            continue  # an epoch's last batch can be shorter than grad_accum
+        # with several processes, an empty share still runs a zero-weight batch so that every
+        # process joins the gradient exchange
         items = [rows[i] for i in micro] or [rows[share[0] if share else indices[0]]]
-        sync = number == len(micro_batches) - 1
-        with contextlib.ExitStack() as stack:
-            if not sync:
-                stack.enter_context(accelerator.no_sync(model))
-            batch = _to_device(collate_fn(items), accelerator)
+        last = number == len(micro_batches) - 1
+        # gradients are exchanged once per step, after the last micro-batch
+        syncing = contextlib.nullcontext() if last else accelerator.no_sync(model)
+        with syncing:
+            batch = _to_device(collate_fn(items), accelerator.device)
             with accelerator.autocast():
                 parts = model(**batch)
             weight = world / step_tokens if micro else 0.0
@@ -243,8 +245,7 @@ def evaluate_rows(
     """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
     loss_sum, tokens, correct = 0.0, 0, 0
     for start in range(0, len(rows), batch_size):
-        batch = collate_fn(rows[start : start + batch_size])
-        batch = {key: value.to(device) for key, value in batch.items()}
+        batch = _to_device(collate_fn(rows[start : start + batch_size]), device)
         with autocast():
             parts = loss_fn(batch)
         loss_sum += parts.loss_sum.item()
@@ -273,8 +274,8 @@ def _overfitting(history: list[tuple[int, float, float]]) -> bool:
     return v2 > v1 > v0 and t2 < t1 < t0
 
 
-def _to_device(batch: dict[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:
-    return {key: value.to(accelerator.device) for key, value in batch.items()}
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _divergence_message(loss: float, step: int, run_dir: Path) -> str:
