@@ -127,6 +127,5 @@ def test_estimate_measures_a_short_run(tmp_path, recipe_file, capsys):
     assert figures["tokens_per_epoch"] > figures["labelled_tokens_per_epoch"] > 0
     assert 100 < figures["peak_memory_mb"] < 10_000
     assert figures["seconds_per_step"] > 0
-    assert figures["measured_on_rows"] == 4  # the probe trains on one batch of the longest rows
     assert figures["cost"] == pytest.approx(figures["total_seconds"] / 3600 * 3.6, abs=1e-3)
     assert "peak memory" in printed and "cost" in printed

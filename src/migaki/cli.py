@@ -92,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--force", action="store_true", help="resume even if the recipe or data changed"
     )
-    train.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)  # for estimate
     train.set_defaults(handler=_train)
 
     ev = command(
@@ -173,7 +172,6 @@ def _train(args: argparse.Namespace) -> None:
         resume=args.resume,
         force=args.force,
         name=Path(args.recipe).stem,
-        probe=args.probe,
     )
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun/accelerate, the main process reports

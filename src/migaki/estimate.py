@@ -1,8 +1,9 @@
 """`migaki estimate`: tokens, peak memory, time and cost of a recipe before training it.
 
 Memory and time are measured, not guessed: a short run of the same recipe (a few optimizer
-steps, its checkpoint and final save included) in a fresh `migaki train` process on this
-machine, so the figure is that of the method, precision and memory options the recipe chose.
+steps, its validation, checkpoint and final save included) in a fresh `migaki train` process
+on this machine, so the figure is that of the method, precision and memory options the recipe
+chose.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def estimate(
     tokens, labelled, rows = _count_tokens(recipe)
     plan = plan_steps(rows, recipe)
     measured = _micro_run(recipe_path, overrides, steps + 1)
-    # the probe runs the heaviest batch; time scales with tokens, so use its token rate
+    # time scales with tokens, and the measured steps need not be average ones
     seconds_per_epoch = tokens / measured["tokens_per_s"]
     seconds_per_step = seconds_per_epoch / plan.steps_per_epoch
     total_seconds = seconds_per_step * plan.total_steps
@@ -60,7 +61,6 @@ def estimate(
         "currency": recipe.estimate.currency,
         "price_per_hour": price,
         "precision": measured["precision"],
-        "measured_on_rows": measured["probe_rows"],
     }
 
 
@@ -75,8 +75,9 @@ def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
 
 
 def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dict[str, Any]:
-    """Run `steps` optimizer steps of the recipe's heaviest batch (its longest rows) in a fresh
-    process: an upper bound on the memory of any step. The first step is warm-up."""
+    """Run the first `steps` optimizer steps of the recipe in a fresh process (with its final
+    validation, checkpoint and save); the first step is warm-up. Their batch shapes vary as in
+    the full run, so the allocator's behaviour is measured too."""
     with tempfile.TemporaryDirectory(prefix="migaki-estimate-") as tmp:
         run_dir = Path(tmp) / "run"
         command = [
@@ -92,7 +93,6 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
             "train.track=[]",
             "--out",
             str(run_dir),
-            "--probe",
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
@@ -105,5 +105,4 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
         "memory_kind": "peak GPU allocation" if manifest["machine"]["gpus"] else "peak RSS",
         "tokens_per_s": sum(rates[1:]) / len(rates[1:]),
         "precision": manifest["precision"],
-        "probe_rows": manifest["data"]["rows"]["train"],
     }

@@ -46,13 +46,9 @@ def train(
     resume: bool = False,
     force: bool = False,
     name: str = "run",
-    probe: bool = False,
 ) -> Path:
     """Run a recipe and return the run directory. Raises UserError for problems a user can fix
-    (data, model, a resume that does not match its checkpoint).
-
-    `probe` (used by `migaki estimate`) trains on the recipe's longest rows only, so the
-    measured peak memory is that of the heaviest step a real run can meet."""
+    (data, model, a resume that does not match its checkpoint)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
     accelerator = _fresh_accelerator(device, precision)
@@ -68,7 +64,7 @@ def train(
         _check_resume(checkpoint, recipe, splits.hashes, force)
     source = models.resolve(recipe.model.base)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
-    rows = _tokenize_splits(splits, tokenizer, recipe, probe)
+    rows = _tokenize_splits(splits, tokenizer, recipe)
     model, trainable, total = _build_model(recipe, source, precision, device)
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
@@ -213,18 +209,14 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
-def _tokenize_splits(splits, tokenizer, recipe: Recipe, probe: bool) -> dict[str, list]:
-    """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently).
-    A probe keeps only the longest training rows: the heaviest batch a run can meet."""
+def _tokenize_splits(splits, tokenizer, recipe: Recipe) -> dict[str, list]:
+    """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
     rows = {}
     for split_name in ("train", "val", "test"):
         examples = getattr(splits, split_name)
         rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe.data)
         if examples:
             log.info("data %s: %s", split_name, report.summary())
-    if probe:
-        longest_first = sorted(rows["train"], key=lambda r: -len(r.input_ids))
-        rows["train"] = longest_first[: recipe.train.batch_size]
     if not rows["train"]:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
     return rows
