@@ -299,7 +299,11 @@ def _models(args: argparse.Namespace) -> None:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under torchrun every process would print the same progress lines; rank 0 speaks for all.
+    # Warnings and errors still come from every process.
+    quiet_rank = os.environ.get("RANK", "0") != "0" and not verbose
+    level = logging.WARNING if quiet_rank else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     if verbose:
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

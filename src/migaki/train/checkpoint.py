@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from migaki.errors import UserError
 from migaki.methods import load_trainable, save_trainable
 
 STATE_FILE = "trainer_state.json"
@@ -41,8 +42,18 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step}"
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, state: LoopState) -> Path:
-    """Write checkpoints/step-N atomically and return it."""
+def rng_snapshot() -> dict:
+    """This process's random states (torch, CUDA, Python, NumPy); gathered from every process
+    before a checkpoint, since each one draws its own dropout masks."""
+    return {"torch": _torch_rng(), "python": _python_rng(), "numpy": _numpy_rng()}
+
+
+def save_checkpoint(
+    run_dir: Path, model, optimizer, state: LoopState, rngs: list[dict] | None = None
+) -> Path:
+    """Write checkpoints/step-N atomically and return it. `rngs` holds one `rng_snapshot()`
+    per process, in rank order (this process's alone when omitted)."""
+    rngs = rngs or [rng_snapshot()]
     final = checkpoint_dir(run_dir, state.step)
     staging = final.with_name(f".tmp-{final.name}")
     if staging.exists():
@@ -50,8 +61,13 @@ def save_checkpoint(run_dir: Path, model, optimizer, state: LoopState) -> Path:
     staging.mkdir(parents=True)
     save_trainable(model, str(staging / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    save_file(_torch_rng(), str(staging / "rng.safetensors"))
-    payload = {"loop": asdict(state), "python_rng": _python_rng(), "numpy_rng": _numpy_rng()}
+    tensors = {f"rank{r}.{k}": v for r, rng in enumerate(rngs) for k, v in rng["torch"].items()}
+    save_file(tensors, str(staging / "rng.safetensors"))
+    payload = {
+        "loop": asdict(state),
+        "python_rng": [rng["python"] for rng in rngs],
+        "numpy_rng": [rng["numpy"] for rng in rngs],
+    }
     (staging / STATE_FILE).write_text(json.dumps(payload))
     _fsync_dir(staging)
     if final.exists():
@@ -75,13 +91,22 @@ def read_state(checkpoint: Path) -> LoopState:
     return LoopState(**loop)
 
 
-def load_checkpoint(checkpoint: Path, model, optimizer) -> LoopState:
-    """Restore weights, optimizer and RNG states; return the loop state to continue from."""
+def load_checkpoint(checkpoint: Path, model, optimizer, rank: int = 0) -> LoopState:
+    """Restore weights, optimizer and this process's RNG states; return the loop state to
+    continue from."""
     load_trainable(model, str(checkpoint / "trainable.safetensors"))
     # weights_only: the optimizer file holds tensors and numbers only; never unpickle objects.
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     payload = json.loads((checkpoint / STATE_FILE).read_text())
-    _restore_rng(load_file(str(checkpoint / "rng.safetensors")), payload)
+    saved = len(payload["python_rng"])
+    if rank >= saved:
+        raise UserError(
+            f"{checkpoint} was written by {saved} processes; resume with at most that many"
+        )
+    prefix = f"rank{rank}."
+    tensors = load_file(str(checkpoint / "rng.safetensors"))
+    torch_states = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    _restore_rng(torch_states, payload["python_rng"][rank], payload["numpy_rng"][rank])
     return read_state(checkpoint)
 
 
@@ -115,14 +140,13 @@ def _numpy_rng() -> dict:
     return {"name": name, "keys": keys.tolist(), "pos": position, "gauss": [has_gauss, cached]}
 
 
-def _restore_rng(torch_states: dict[str, torch.Tensor], payload: dict) -> None:
+def _restore_rng(torch_states: dict[str, torch.Tensor], python: list, state: dict) -> None:
     torch.set_rng_state(torch_states["cpu"])
     cuda = [torch_states[k] for k in sorted(torch_states) if k.startswith("cuda")]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda)
-    version, internal, gauss = payload["python_rng"]
+    version, internal, gauss = python
     random.setstate((version, tuple(internal), gauss))
-    state = payload["numpy_rng"]
     keys = np.array(state["keys"], dtype=np.uint32)
     np.random.set_state((state["name"], keys, state["pos"], *state["gauss"]))
 

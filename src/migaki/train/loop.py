@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from migaki.config import TrainConfig
 from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
-from migaki.train.checkpoint import LoopState, latest_checkpoint, prune_checkpoints, save_checkpoint
+from migaki.train.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    prune_checkpoints,
+    rng_snapshot,
+    save_checkpoint,
+)
 from migaki.train.objectives import LossParts
 from migaki.train.schedule import learning_rate
 from migaki.train.tracking import MetricsLog
@@ -133,9 +140,13 @@ def fit(
             evaluated = True
         improved = evaluated and state.best_step == state.step
         due = state.step % plan.save_every == 0 or improved or is_last or stopped_early
-        if due and accelerator.is_main_process:
-            save_checkpoint(run_dir, accelerator.unwrap_model(model).model, optimizer, state)
-            prune_checkpoints(run_dir, cfg.keep_checkpoints, state.best_step)
+        if due:
+            rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    run_dir, accelerator.unwrap_model(model).model, optimizer, state, rngs
+                )
+                prune_checkpoints(run_dir, cfg.keep_checkpoints, state.best_step)
         if stopped_early:
             metrics.write(
                 step=state.step,

@@ -70,12 +70,15 @@ def train(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
     objective, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
+    # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
+    # process draws its own dropout masks, so checkpoints keep one random state per process.
+    set_seed(recipe.train.seed, device_specific=True)
     plan = plan_steps(len(rows["train"]), recipe)
 
     state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=splits.hashes)
     metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer)
+        state = load_checkpoint(checkpoint, model, optimizer, accelerator.process_index)
         metrics.truncate_after(state.step)
         metrics.write(step=state.step, event="resume", checkpoint=checkpoint.name)
         log.info("resuming from %s (step %d of %d)", checkpoint, state.step, plan.total_steps)
