@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 from migaki import __version__
+from migaki.cli_data import add_data_command
 from migaki.errors import UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -42,14 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _quiet_libraries(args.verbose)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=f"example:\n  {EXAMPLES[name]}",
             formatter_class=argparse.RawTextHelpFormatter,
         )
-        sub.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
+        _verbose_flag(sub)
         return sub
 
     quick = command(
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--json", dest="json_path", help="also write the figures to this file")
     est.set_defaults(handler=_estimate)
 
+    add_data_command(commands, _verbose_flag)
+
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
     mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")
     mod.add_argument("name", nargs="?", help="model alias to pull")
@@ -137,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--force", action="store_true", help="pull again even if cached")
     mod.set_defaults(handler=_models)
     return parser
+
+
+def _verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
 
 
 def _overrides_argument(parser: argparse.ArgumentParser) -> None:

@@ -40,9 +40,97 @@ class SplitConfig(Section):
     val: float = Field(0.1, ge=0.0, lt=0.5, description="Share of rows held out for validation.")
     test: float = Field(0.1, ge=0.0, lt=0.5, description="Share of rows held out for testing.")
     seed: int | None = Field(None, description="Seed of the split; defaults to train.seed.")
+    stratify: bool = Field(True, description="Keep each label's share equal across splits.")
+    leakage: bool = Field(
+        True,
+        description="Remove from train the rows that (nearly) duplicate a val or test row, and "
+        "from val those that duplicate a test row.",
+    )
 
 
-DataFormat = Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text"]
+def _switch(value: Any) -> Any:
+    """A step can be written `false` (off), `true` or `{}` (on, defaults) or with settings."""
+    if value is True:
+        return {}
+    return None if value is False else value
+
+
+class NormalizeConfig(Section):
+    unicode: Literal["NFKC", "NFC", "none"] = Field(
+        "NFKC", description="Unicode normalization; NFKC turns full-width ＡＢＣ１２３ into ABC123."
+    )
+    whitespace: bool = Field(True, description="Trim lines and collapse runs of spaces and tabs.")
+    control_chars: bool = Field(
+        True, description="Remove control and zero-width characters (newlines and tabs stay)."
+    )
+    strip_html: bool = Field(False, description="Remove HTML tags and decode entities.")
+
+
+class PiiConfig(Section):
+    action: Literal["mask", "drop", "report"] = Field(
+        "mask", description="mask: typed placeholders like <EMAIL>; drop the row; or only report."
+    )
+    types: list[
+        Literal["email", "phone", "credit_card", "my_number", "postal_code", "ip_address", "secret"]
+    ] = Field(
+        ["email", "phone", "credit_card", "my_number", "postal_code", "ip_address", "secret"],
+        description="Kinds of personal data and secrets to look for.",
+    )
+
+
+class FilterConfig(Section):
+    min_chars: int = Field(1, ge=0, description="Rows with fewer characters are removed.")
+    max_chars: int | None = Field(None, ge=1, description="Rows with more characters are removed.")
+    min_tokens: int | None = Field(None, ge=0, description="Bounds in the model's tokens.")
+    max_tokens: int | None = Field(None, ge=1)
+    languages: list[Literal["ja", "en", "other"]] | None = Field(
+        None, description="Keep only these languages (by script share); null: all."
+    )
+    blocklist: str | None = Field(
+        None, description="File with one term per line; rows containing one are removed."
+    )
+    max_repetition: float | None = Field(
+        None, gt=0.0, le=1.0, description="Largest share of text in repeated 10-character runs."
+    )
+    max_symbol_ratio: float | None = Field(
+        None, gt=0.0, le=1.0, description="Largest share of characters that are symbols."
+    )
+
+
+class DedupConfig(Section):
+    exact: bool = Field(True, description="Remove rows equal after case and space folding.")
+    near: bool = Field(True, description="Remove near-duplicates (MinHash, character shingles).")
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity that counts.")
+    shingle: int = Field(5, ge=1, le=32, description="Characters per shingle.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+
+
+class CleanConfig(Section):
+    normalize: NormalizeConfig | None = Field(default_factory=NormalizeConfig)
+    pii: PiiConfig | None = Field(default_factory=PiiConfig)
+    filter: FilterConfig | None = Field(default_factory=FilterConfig)
+    dedup: DedupConfig | None = Field(default_factory=DedupConfig)
+
+    @field_validator("normalize", "pii", "filter", "dedup", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        return _switch(value)
+
+
+class AugmentConfig(Section):
+    copies: int = Field(1, ge=1, le=16, description="Augmented rows made per training row.")
+    operations: list[Literal["swap", "delete", "insert", "synonym"]] = Field(
+        ["swap", "delete", "insert", "synonym"], description="EDA operations to draw from."
+    )
+    rate: float = Field(0.1, gt=0.0, le=0.5, description="Share of words (characters) changed.")
+    synonyms: str | None = Field(
+        None, description="File of synonym groups, one group per line, comma or tab separated."
+    )
+
+
+DataFormat = Literal[
+    "auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "classification"
+]
 
 
 class DataConfig(Section):
@@ -73,6 +161,27 @@ class DataConfig(Section):
             "(SmolLM2 inserts one); training and inference render the same way."
         ),
     )
+    columns: list[str] | None = Field(
+        None, description="Column names of csv/tsv files that have no header line."
+    )
+    label_field: str = Field("label", description="The field holding a row's label.")
+    labels: list[str] | None = Field(
+        None, description="The allowed labels; a row with another label is an error."
+    )
+    group_by: str | None = Field(
+        None, description="Field whose rows stay in one split (a conversation, a customer)."
+    )
+    clean: CleanConfig | None = Field(
+        None, description="Cleaning before the split ({} for the defaults); null: off."
+    )
+    augment: AugmentConfig | None = Field(
+        None, description="Augment training rows of classification data; null: off."
+    )
+
+    @field_validator("clean", "augment", mode="before")
+    @classmethod
+    def _on_off(cls, value: Any) -> Any:
+        return _switch(value)
 
 
 class MethodConfig(Section):

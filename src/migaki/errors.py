@@ -10,11 +10,15 @@ class UserError(Exception):
 
 
 class DataError(UserError):
-    """A data file cannot be read or a row is malformed; the message names file and line."""
+    """A data file cannot be read or a row is malformed; the message names file and line.
 
-    def __init__(self, path: object, line: int | None, message: str) -> None:
+    `kind` names the problem for counting (`invalid_json`, `no_assistant`, ...)."""
+
+    def __init__(self, path: object, line: int | None, message: str, kind: str = "invalid") -> None:
         self.path = str(path)
         self.line = line
+        self.kind = kind
+        self.detail = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
 

@@ -66,8 +66,8 @@ def estimate(
 
 def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
     """(real tokens, labelled tokens, rows) of one epoch of the training split."""
-    splits = load_splits(recipe.data, recipe.train.seed)
     tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
+    splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     rows, _ = tokenize_for_recipe(splits.train, tokenizer, recipe.data)
     if not rows:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")

@@ -2,7 +2,8 @@
 
 from migaki.data.formats import Example, to_examples
 from migaki.data.load import Record, read_records
-from migaki.data.split import Splits, load_splits, split_examples, write_split
+from migaki.data.prepare import Splits, load_splits, prepare_data
+from migaki.data.split import split_examples, write_split
 from migaki.data.tokenize import (
     IGNORE_INDEX,
     TokenizedExample,
@@ -20,6 +21,7 @@ __all__ = [
     "TokenizeReport",
     "TokenizedExample",
     "load_splits",
+    "prepare_data",
     "read_records",
     "render_prompt",
     "split_examples",

@@ -1,7 +1,8 @@
 """Row formats: each is a function `fields -> Example` that names what is missing.
 
 Supported: `messages` (OpenAI chat), `alpaca` (instruction/input/output), `sharegpt`
-(conversations from/value), `prompt_completion` and plain `text`.
+(conversations from/value), `prompt_completion`, plain `text`, and `classification` (a text
+with a label). Every problem is a DataError with a `kind`, so a validator can count them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from migaki.errors import DataError
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
 SHAREGPT_ROLES |= {"assistant": "assistant", "bot": "assistant", "model": "assistant"}
+CLASSIFICATION_TEXT_KEYS = ("text", "sentence", "content")
+TextPath = tuple[str | int, ...]  # where a text sits in a row, e.g. ("messages", 2, "content")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Example:
     messages: list[dict[str, str]] | None = None
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None  # classification rows only
 
     @property
     def prompt_messages(self) -> list[dict[str, str]]:
@@ -45,7 +49,7 @@ class Example:
         return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
 
 
-def detect_format(fields: dict[str, Any]) -> str | None:
+def detect_format(fields: dict[str, Any], label_field: str = "label") -> str | None:
     """The format a row's keys indicate, or None."""
     if "messages" in fields:
         return "messages"
@@ -55,37 +59,115 @@ def detect_format(fields: dict[str, Any]) -> str | None:
         return "alpaca"
     if "prompt" in fields and "completion" in fields:
         return "prompt_completion"
+    if label_field in fields and any(key in fields for key in CLASSIFICATION_TEXT_KEYS):
+        return "classification"
     if "text" in fields:
         return "text"
     return None
 
 
-def to_examples(records: list[Record], fmt: str = "auto") -> list[Example]:
-    """Convert rows to examples; with `auto`, the first row decides the file's format and every
-    other row must have the same shape. Raises DataError naming the file and line."""
-    if fmt != "auto":
-        return [CONVERTERS[fmt](record) for record in records]
-    file_format = None
-    examples = []
-    for record in records:
-        detected = detect_format(record.fields)
-        if detected is None:
-            keys = ", ".join(sorted(record.fields)) or "none"
-            raise DataError(
-                record.source,
-                record.line,
-                f"cannot tell the format from the keys ({keys}); expected messages, "
-                "conversations, instruction/output, prompt/completion or text",
-            )
-        file_format = file_format or detected
-        if detected != file_format:
-            raise DataError(
-                record.source,
-                record.line,
-                f"mixed formats: this row is {detected} but the file's first row is {file_format}",
-            )
-        examples.append(CONVERTERS[detected](record))
+def to_examples(
+    records: list[Record], fmt: str = "auto", label_field: str = "label"
+) -> list[Example]:
+    """Convert rows to examples. Raises the first DataError (file:line)."""
+    examples, problems, _ = convert_records(records, fmt, label_field)
+    if problems:
+        raise problems[0]
     return examples
+
+
+def convert_records(
+    records: list[Record], fmt: str = "auto", label_field: str = "label"
+) -> tuple[list[Example], list[DataError], str | None]:
+    """Convert every row that can be converted; collect a DataError for each that cannot.
+
+    With `auto`, the first row whose format is recognised decides the file's format, and every
+    other row must have the same shape. Returns the examples, the problems and that format."""
+    file_format = None if fmt == "auto" else fmt
+    examples, problems = [], []
+    for record in records:
+        try:
+            row_format = file_format or _detect(record, label_field)
+            if fmt == "auto":
+                _check_same_format(record, row_format, label_field)
+            file_format = row_format
+            examples.append(convert(record, row_format, label_field))
+        except DataError as problem:
+            problems.append(problem)
+    return examples, problems, file_format
+
+
+def convert(record: Record, fmt: str, label_field: str = "label") -> Example:
+    if fmt == "classification":
+        return _classification(record, label_field)
+    return CONVERTERS[fmt](record)
+
+
+def _detect(record: Record, label_field: str) -> str:
+    detected = detect_format(record.fields, label_field)
+    if detected is None:
+        keys = ", ".join(sorted(map(str, record.fields))) or "none"
+        raise DataError(
+            record.source,
+            record.line,
+            f"cannot tell the format from the keys ({keys}); expected messages, conversations, "
+            f"instruction/output, prompt/completion, text, or text with {label_field}",
+            "unknown_format",
+        )
+    return detected
+
+
+def _check_same_format(record: Record, file_format: str, label_field: str) -> None:
+    detected = _detect(record, label_field)
+    if detected != file_format:
+        raise DataError(
+            record.source,
+            record.line,
+            f"mixed formats: this row is {detected} but the file's first row is {file_format}",
+            "mixed_formats",
+        )
+
+
+def text_paths(fields: dict[str, Any], fmt: str) -> list[TextPath]:
+    """Where the texts of a (valid) row sit: what cleaning reads and rewrites."""
+    if fmt in ("messages", "sharegpt"):
+        key, text_key = ("messages", "content") if fmt == "messages" else ("conversations", "value")
+        return [(key, index, text_key) for index in range(len(fields[key]))]
+    if fmt == "alpaca":
+        keys = ("system", "instruction", "input", "output")
+        return [(k,) for k in keys if isinstance(fields.get(k), str) and fields[k]]
+    if fmt == "prompt_completion":
+        return [("prompt",), ("completion",)]
+    if fmt == "classification":
+        return [(next(k for k in CLASSIFICATION_TEXT_KEYS if k in fields),)]
+    return [("text",)]
+
+
+def get_text(fields: dict[str, Any], path: TextPath) -> str:
+    value: Any = fields
+    for step in path:
+        value = value[step]
+    return value
+
+
+def with_text(fields: dict[str, Any], path: TextPath, text: str) -> dict[str, Any]:
+    """A copy of the row with one text replaced; the rest is shared, not copied."""
+    head, *rest = path
+    copy = dict(fields) if isinstance(fields, dict) else list(fields)
+    copy[head] = with_text(fields[head], tuple(rest), text) if rest else text
+    return copy
+
+
+def _classification(record: Record, label_field: str) -> Example:
+    key = next((k for k in CLASSIFICATION_TEXT_KEYS if k in record.fields), "text")
+    text = _text_field(record, key)
+    label = record.fields.get(label_field)
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if label is None or isinstance(label, (dict, list)) or str(label).strip() == "":
+        _failer(record)(f"missing or empty label '{label_field}'", "missing_field")
+    meta = _meta(record, key, label_field)
+    return Example(record.source, record.line, text=text, meta=meta, label=str(label).strip())
 
 
 def _messages(record: Record) -> Example:
@@ -103,40 +185,44 @@ def _conversation(
 ) -> Example:
     fail = _failer(record)
     if not isinstance(turns, list):
-        fail(f"'{key}' must be a list of turns")
+        fail(f"'{key}' must be a list of turns", "wrong_type")
     if not turns:
-        fail(f"'{key}' is empty: the conversation has no turns")
+        fail(f"'{key}' is empty: the conversation has no turns", "empty_field")
     messages = []
     for index, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            fail(f"{key}[{index}] must be an object with '{role_key}' and '{text_key}'")
+            fail(
+                f"{key}[{index}] must be an object with '{role_key}' and '{text_key}'", "wrong_type"
+            )
         role = roles.get(str(turn.get(role_key, "")).lower())
         if role is None:
             fail(
-                f"{key}[{index}] has {role_key} {turn.get(role_key)!r}; use one of {sorted(roles)}"
+                f"{key}[{index}] has {role_key} {turn.get(role_key)!r}; use one of {sorted(roles)}",
+                "unknown_role",
             )
         content = turn.get(text_key)
         if not isinstance(content, str):
-            fail(f"{key}[{index}] has no '{text_key}' text")
+            fail(f"{key}[{index}] has no '{text_key}' text", "missing_field")
+        if role != "system" and not content.strip():
+            fail(f"{key}[{index}]: the {role} turn is empty", "empty_field")
         messages.append({"role": role, "content": content})
     _check_order(messages, key, fail)
     return Example(record.source, record.line, messages=messages, meta=_meta(record, key))
 
 
-def _check_order(messages: list[dict[str, str]], key: str, fail: Callable[[str], NoReturn]) -> None:
+def _check_order(messages: list[dict[str, str]], key: str, fail: Fail) -> None:
     if any(m["role"] == "system" for m in messages[1:]):
-        fail(f"{key}: a system message may only come first")
+        fail(f"{key}: a system message may only come first", "role_order")
     dialogue = [m for m in messages if m["role"] != "system"]
-    if not dialogue or dialogue[0]["role"] != "user":
-        fail(f"{key}: the conversation must start with a user turn (after an optional system)")
     if not any(m["role"] == "assistant" for m in dialogue):
-        fail(f"{key}: the conversation has no assistant turn to learn from")
+        fail(f"{key}: the conversation has no assistant turn to learn from", "no_assistant")
+    if dialogue[0]["role"] != "user":
+        message = f"{key}: the conversation must start with a user turn (after an optional system)"
+        fail(message, "role_order")
     for previous, current in itertools.pairwise(dialogue):
         if previous["role"] == current["role"]:
-            fail(f"{key}: two {current['role']} turns in a row; user and assistant alternate")
-    for index, m in enumerate(messages):
-        if m["role"] == "assistant" and not m["content"].strip():
-            fail(f"{key}[{index}]: the assistant turn is empty")
+            message = f"{key}: two {current['role']} turns in a row; user and assistant alternate"
+            fail(message, "role_order")
 
 
 def _alpaca(record: Record) -> Example:
@@ -144,7 +230,7 @@ def _alpaca(record: Record) -> Example:
     output = _text_field(record, "output")
     extra = record.fields.get("input") or ""
     if not isinstance(extra, str):
-        _failer(record)("'input' must be text")
+        _failer(record)("'input' must be text", "wrong_type")
     user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     system = record.fields.get("system")
@@ -169,12 +255,13 @@ def _text(record: Record) -> Example:
 
 def _text_field(record: Record, key: str) -> str:
     value = record.fields.get(key)
+    fail = _failer(record)
     if value is None:
-        _failer(record)(f"missing field '{key}'")
+        fail(f"missing field '{key}'", "missing_field")
     if not isinstance(value, str):
-        _failer(record)(f"field '{key}' must be text, got {type(value).__name__}")
+        fail(f"field '{key}' must be text, got {type(value).__name__}", "wrong_type")
     if not value.strip():
-        _failer(record)(f"field '{key}' is empty")
+        fail(f"field '{key}' is empty", "empty_field")
     return value
 
 
@@ -182,9 +269,12 @@ def _meta(record: Record, *used: str) -> dict[str, Any]:
     return {k: v for k, v in record.fields.items() if k not in used}
 
 
-def _failer(record: Record) -> Callable[[str], NoReturn]:
-    def fail(message: str) -> NoReturn:
-        raise DataError(record.source, record.line, message)
+Fail = Callable[[str, str], NoReturn]
+
+
+def _failer(record: Record) -> Fail:
+    def fail(message: str, kind: str) -> NoReturn:
+        raise DataError(record.source, record.line, message, kind)
 
     return fail
 
@@ -196,3 +286,4 @@ CONVERTERS: dict[str, Callable[[Record], Example]] = {
     "prompt_completion": _prompt_completion,
     "text": _text,
 }
+FORMATS = (*CONVERTERS, "classification")

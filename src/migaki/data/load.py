@@ -18,6 +18,7 @@ from migaki.errors import DataError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 SUFFIXES |= {".tsv": "tsv", ".parquet": "parquet"}
+BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -29,27 +30,54 @@ class Record:
     fields: dict[str, Any]
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """All rows of a data file. Raises DataError (file:line) for unreadable content."""
+@dataclass
+class Scan:
+    """Every readable row of a file and every problem found, without stopping at the first."""
+
+    records: list[Record]
+    problems: list[DataError]
+    notes: list[str]  # oddities that were accepted, e.g. a byte-order mark
+
+
+def read_records(path: str | Path, columns: list[str] | None = None) -> list[Record]:
+    """All rows of a data file. Raises DataError (file:line) for the first unreadable row."""
+    scan = scan_records(path, columns)
+    if scan.problems:
+        raise scan.problems[0]
+    return scan.records
+
+
+def scan_records(path: str | Path, columns: list[str] | None = None) -> Scan:
+    """Read what can be read and collect a DataError per unreadable row. `columns` names the
+    columns of a csv/tsv file that has no header line. A missing file or an unknown file type
+    still raises at once: there is nothing to scan."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, None, "data file not found")
+        raise DataError(path, None, "data file not found", "file_not_found")
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         known = ", ".join(sorted(SUFFIXES))
-        raise DataError(path, None, f"unknown data file type '{path.suffix}' (use {known})")
+        raise DataError(
+            path, None, f"unknown data file type '{path.suffix}' (use {known})", "file_type"
+        )
     if kind == "parquet":
-        return _read_parquet(path)
-    text = _decode(path)
-    if kind == "jsonl":
-        records = _read_jsonl(path, text)
-    elif kind == "json":
-        records = _read_json(path, text)
+        scan = Scan(_read_parquet(path), [], [])
     else:
-        records = _read_delimited(path, text, "\t" if kind == "tsv" else ",")
-    if not records:
-        raise DataError(path, None, "the file holds no rows")
-    return records
+        raw = path.read_bytes()
+        notes = []
+        if raw.startswith(BOM):  # common in files saved by Excel; harmless
+            notes.append("byte-order mark at the start of the file (accepted)")
+            raw = raw[len(BOM) :]
+        if kind == "jsonl":
+            scan = _scan_jsonl(path, raw)
+        elif kind == "json":
+            scan = _scan_json(path, raw)
+        else:
+            scan = _scan_delimited(path, raw, "\t" if kind == "tsv" else ",", columns)
+        scan.notes[:0] = notes
+    if not scan.records and not scan.problems:
+        scan.problems.append(DataError(path, None, "the file holds no rows", "empty_file"))
+    return scan
 
 
 def file_hash(path: str | Path) -> str:
@@ -60,69 +88,108 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
+def _decode_line(path: Path, number: int, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8-sig")  # a leading BOM is common in files saved by Excel
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"not valid UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+        raise DataError(path, number, message, "invalid_utf8") from None
+
+
+def _scan_jsonl(path: Path, raw: bytes) -> Scan:
+    records, problems = [], []
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = _decode_line(path, number, raw_line)
+            if not line.strip():
+                continue
+            records.append(Record(str(path), number, _parse_object(path, number, line)))
+        except DataError as problem:
+            problems.append(problem)
+    return Scan(records, problems, [])
+
+
+def _parse_object(path: Path, number: int, line: str) -> dict[str, Any]:
+    if line.startswith("\ufeff"):
+        message = "byte-order mark inside the file (were files concatenated?)"
+        raise DataError(path, number, message, "bom")
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        message = f"invalid JSON ({exc.msg} at column {exc.colno})"
+        raise DataError(path, number, message, "invalid_json") from None
+    except RecursionError:
+        raise DataError(path, number, "invalid JSON (nested too deeply)", "invalid_json") from None
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        raise DataError(path, number, f"expected a JSON object, got {kind}", "not_object")
+    return value
+
+
+def _scan_json(path: Path, raw: bytes) -> Scan:
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(path, line, f"not valid UTF-8 (byte {raw[exc.start]:#04x})") from None
-
-
-def _read_jsonl(path: Path, text: str) -> list[Record]:
-    records = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                path, number, f"invalid JSON ({exc.msg} at column {exc.colno})"
-            ) from None
-        if not isinstance(value, dict):
-            raise DataError(path, number, f"expected a JSON object, got {type(value).__name__}")
-        records.append(Record(str(path), number, value))
-    return records
-
-
-def _read_json(path: Path, text: str) -> list[Record]:
+        return Scan([], [_decode_problem(path, line, raw[exc.start])], [])
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(
-            path, exc.lineno, f"invalid JSON ({exc.msg} at column {exc.colno})"
-        ) from None
+        message = f"invalid JSON ({exc.msg} at column {exc.colno})"
+        return Scan([], [DataError(path, exc.lineno, message, "invalid_json")], [])
+    except RecursionError:
+        return Scan(
+            [], [DataError(path, 1, "invalid JSON (nested too deeply)", "invalid_json")], []
+        )
     if isinstance(value, dict) and isinstance(value.get("data"), list):
         value = value["data"]
     if not isinstance(value, list):
-        raise DataError(path, 1, 'expected a JSON array of objects (or {"data": [...]})')
-    records = []
+        message = 'expected a JSON array of objects (or {"data": [...]})'
+        return Scan([], [DataError(path, 1, message, "not_object")], [])
+    records, problems = [], []
     for index, item in enumerate(value, start=1):
-        if not isinstance(item, dict):
-            raise DataError(path, None, f"item {index}: expected an object")
-        records.append(Record(str(path), index, item))
-    return records
+        if isinstance(item, dict):
+            records.append(Record(str(path), index, item))
+        else:
+            problems.append(
+                DataError(path, None, f"item {index}: expected an object", "not_object")
+            )
+    return Scan(records, problems, [])
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> list[Record]:
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _decode_problem(path: Path, line: int, byte: int) -> DataError:
+    return DataError(path, line, f"not valid UTF-8 (byte {byte:#04x})", "invalid_utf8")
+
+
+def _scan_delimited(path: Path, raw: bytes, delimiter: str, columns: list[str] | None) -> Scan:
+    problems, bad_lines = [], set()
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(_decode_problem(path, number, raw_line[exc.start]))
+            bad_lines.add(number)
+    text = raw.decode("utf-8", errors="replace")
+    reader = csv.DictReader(io.StringIO(text, newline=""), fieldnames=columns, delimiter=delimiter)
     header = reader.fieldnames or []
-    if not header or any(not name for name in header):
-        raise DataError(path, 1, "the first line must be a header naming the columns")
+    if not header or any(not name for name in header) or len(set(header)) != len(header):
+        message = "the first line must be a header naming each column once"
+        return Scan([], [*problems, DataError(path, 1, message, "bad_header")], [])
     records = []
     try:
         for row in reader:
+            if reader.line_num in bad_lines:
+                continue
             if None in row:
-                raise DataError(
-                    path, reader.line_num, f"more fields than the {len(header)} columns"
-                )
+                message = f"more fields than the {len(header)} columns"
+                problems.append(DataError(path, reader.line_num, message, "bad_row"))
+                continue
             if all(value in (None, "") for value in row.values()):
                 continue
             records.append(Record(str(path), reader.line_num, dict(row)))
     except csv.Error as exc:
-        raise DataError(path, reader.line_num, f"malformed row ({exc})") from None
-    return records
+        problems.append(DataError(path, reader.line_num, f"malformed row ({exc})", "bad_row"))
+    return Scan(records, problems, [])
 
 
 def _read_parquet(path: Path) -> list[Record]:
@@ -131,5 +198,5 @@ def _read_parquet(path: Path) -> list[Record]:
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises many types for a damaged file
-        raise DataError(path, None, f"cannot read parquet ({exc})") from None
+        raise DataError(path, None, f"cannot read parquet ({exc})", "bad_file") from None
     return [Record(str(path), index, row) for index, row in enumerate(rows, start=1)]

@@ -3,6 +3,7 @@ run the loop, and write final/ and manifest.json."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -59,11 +60,13 @@ def train(
     accelerator.wait_for_everyone()  # every process checks before the main one writes
     set_seed(recipe.train.seed)
 
-    splits = load_splits(recipe.data, recipe.train.seed)
-    if checkpoint is not None:
-        _check_resume(checkpoint, recipe, splits.hashes, force)
     source = models.resolve(recipe.model.base)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
+    for step in splits.steps:
+        log.info("data %s", step.summary())
+    if checkpoint is not None:
+        _check_resume(checkpoint, recipe, splits.hashes, force)
     rows = _tokenize_splits(splits, tokenizer, recipe)
     model, trainable, total = _build_model(recipe, source, precision, device)
     optimizer = torch.optim.AdamW(
@@ -87,6 +90,8 @@ def train(
         save_recipe(recipe, run_dir)
         for split_name in ("train", "val", "test"):
             write_split(getattr(splits, split_name), run_dir / "data" / f"{split_name}.jsonl")
+        report_path = run_dir / "data" / "prepare_report.json"
+        report_path.write_text(json.dumps(splits.report, ensure_ascii=False, indent=1))
     if accelerator.is_main_process:
         update_manifest(
             run_dir,
@@ -214,6 +219,11 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
 
 def _tokenize_splits(splits, tokenizer, recipe: Recipe) -> dict[str, list]:
     """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
+    if recipe.task == "sft" and any(e.label is not None for e in splits.train[:1]):
+        raise UserError(
+            f"{recipe.data.train}: rows are classification rows (a text and a label); task sft "
+            "learns from conversations or text (set data.format: text to model the text alone)"
+        )
     rows = {}
     for split_name in ("train", "val", "test"):
         examples = getattr(splits, split_name)

@@ -1,0 +1,243 @@
+"""`migaki data validate | prepare | doctor | report`: parse, call the data layer, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from migaki.errors import UserError
+
+EXAMPLES = {
+    "validate": "migaki data validate train.jsonl --max-errors 20",
+    "prepare": "migaki data prepare tickets.jsonl -o prepared/ --recipe recipe.yaml",
+    "doctor": "migaki data doctor recipe.yaml --samples 3",
+    "report": "migaki data report tickets.jsonl -o report.html",
+}
+FORMATS = ["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "classification"]
+
+
+def add_data_command(commands, verbose_flag) -> None:
+    """Register `migaki data ...` on the top-level subparsers."""
+    data = commands.add_parser(
+        "data",
+        help="Validate, clean and split, check before training, or report on a data set.",
+        description="Data preparation: validate, prepare, doctor, report.",
+    )
+    actions = data.add_subparsers(title="actions", metavar="ACTION")
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=f"example:\n  {EXAMPLES[name]}",
+            formatter_class=argparse.RawTextHelpFormatter,
+        )
+        verbose_flag(sub)
+        return sub
+
+    validate = action("validate", "Check every row of a data file; list each problem as FILE:LINE.")
+    validate.add_argument("file", help="data file (jsonl, json, csv, tsv, parquet)")
+    _file_options(validate)
+    validate.add_argument(
+        "--max-errors", type=int, default=50, help="problems to print (0: all; default 50)"
+    )
+    validate.add_argument("--max-length", type=int, help="also flag rows longer (in tokens)")
+    validate.set_defaults(handler=_validate)
+
+    prepare = action(
+        "prepare",
+        "Clean (normalize, personal data, filters, de-duplicate), split and augment a data "
+        "file; write OUT/train.jsonl, val.jsonl, test.jsonl and prepare_report.json.",
+    )
+    prepare.add_argument("file", help="data file")
+    _file_options(prepare)
+    prepare.add_argument("-o", "--out", required=True, help="output folder")
+    prepare.add_argument(
+        "--split", choices=["auto", "none"], default="auto", help="none: write OUT/data.jsonl"
+    )
+    prepare.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="drop invalid rows (counted), do not stop",
+    )
+    prepare.set_defaults(handler=_prepare)
+
+    doctor = action(
+        "doctor",
+        "Pre-flight check of a recipe's data: validity, rows through the chat template with "
+        "loss tokens marked, lengths, duplicates, leakage, tokens per epoch. Exit 2 on a no-go.",
+    )
+    doctor.add_argument("recipe", help="recipe YAML file")
+    doctor.add_argument("--samples", type=int, default=3, help="rows to render (default 3)")
+    doctor.add_argument(
+        "--color", choices=["auto", "always", "never"], default="auto", help="mark loss tokens"
+    )
+    doctor.add_argument("--json", dest="json_path", help="also write the figures to this file")
+    doctor.set_defaults(handler=_doctor)
+
+    report = action(
+        "report",
+        "A self-contained HTML page (and a JSON twin) about a data file: lengths, labels, "
+        "languages, duplicates, personal data, what filters would remove.",
+    )
+    report.add_argument("file", help="data file")
+    _file_options(report)
+    report.add_argument("-o", "--out", required=True, help="HTML file to write (JSON beside it)")
+    report.add_argument("--model", help="tokenizer for token lengths (alias or folder)")
+    report.set_defaults(handler=_report)
+
+
+def _file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", help="take format, labels, columns and cleaning from a recipe")
+    parser.add_argument("--format", choices=FORMATS, help="row format (default auto)")
+    parser.add_argument("--columns", help="column names of a csv/tsv without header: a,b")
+    parser.add_argument("--labels", help="allowed labels, comma separated")
+    parser.add_argument("--label-field", help="field holding the label (default label)")
+
+
+def _data_config(args: argparse.Namespace):
+    """The recipe's data section (or defaults), with the file and command-line options."""
+    from migaki.config import DataConfig, Recipe, load_recipe
+
+    recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
+    data = recipe.data if recipe else DataConfig(train=args.file)
+    updates = {"train": args.file}
+    if recipe is not None and args.file != recipe.data.train:
+        updates |= {"val": None, "test": None}  # the recipe's other files belong to its train
+    if args.format:
+        updates["format"] = args.format
+    if args.columns:
+        updates["columns"] = [c.strip() for c in args.columns.split(",")]
+    if args.labels:
+        updates["labels"] = [c.strip() for c in args.labels.split(",")]
+    if args.label_field:
+        updates["label_field"] = args.label_field
+    return recipe, data.model_copy(update=updates)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from migaki.data.validate import too_long_warnings, validate_for
+
+    recipe, data = _data_config(args)
+    count_tokens, max_length = None, args.max_length
+    if recipe is not None or max_length:
+        count_tokens, max_length = _length_check(recipe, data, max_length)
+    check = validate_for(args.file, data)
+    if count_tokens is not None:
+        check.warnings += too_long_warnings(check.examples, count_tokens, max_length)
+    limit = args.max_errors or len(check.problems)
+    for problem in check.problems[:limit]:
+        print(problem)
+    if len(check.problems) > limit:
+        print(f"... {len(check.problems) - limit} more (--max-errors 0 shows all)")
+    for warning in check.warnings[: args.max_errors or None]:
+        print(f"warning: {warning}")
+    kinds = ", ".join(f"{kind} {n}" for kind, n in check.by_kind().most_common())
+    print(
+        f"{args.file}: {check.rows} rows, {len(check.records)} valid, format {check.fmt}"
+        + (f"; {len(check.problems)} problems: {kinds}" if check.problems else "")
+        + (f"; {len(check.warnings)} warnings" if check.warnings else "")
+    )
+    return 2 if check.problems else 0
+
+
+def _length_check(recipe, data, max_length: int | None):
+    from migaki import models
+    from migaki.data.tokenize import tokenize_example
+
+    if recipe is None:
+        raise UserError("--max-length needs a tokenizer: give --recipe")
+    tokenizer = models.load_tokenizer(
+        models.resolve(recipe.model.base), recipe.model.trust_remote_code
+    )
+
+    def count(example) -> int:
+        tokens = tokenize_example(
+            example,
+            tokenizer,
+            system_prompt=data.system_prompt,
+            train_on_prompt=data.train_on_prompt,
+        )
+        return len(tokens.input_ids)
+
+    return count, max_length or data.max_length
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from migaki.config import CleanConfig
+    from migaki.data.prepare import prepare_data
+
+    recipe, data = _data_config(args)
+    clean = data.clean or CleanConfig()
+    needs_tokens = clean.filter and (clean.filter.min_tokens or clean.filter.max_tokens)
+    tokenizer = None
+    if needs_tokens:
+        if recipe is None:
+            raise UserError("token bounds in data.clean.filter need --recipe (its tokenizer)")
+        from migaki import models
+
+        tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
+    seed = recipe.train.seed if recipe else 0
+    prepared = prepare_data(
+        data,
+        seed,
+        clean=clean,
+        split=args.split != "none",
+        tokenizer=tokenizer,
+        skip_invalid=args.skip_invalid,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in prepared.parts.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row.fields, ensure_ascii=False) + "\n")
+    report = prepared.report() | {"input": args.file}
+    (out / "prepare_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1))
+    for step in prepared.steps:
+        print(step.summary())
+    written = ", ".join(f"{name}.jsonl {len(rows)}" for name, rows in prepared.parts.items())
+    print(f"wrote {out}/: {written}, prepare_report.json")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from migaki.config import load_recipe
+    from migaki.data.doctor import diagnose
+
+    recipe = load_recipe(args.recipe)
+    color = args.color == "always" or (
+        args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    )
+    diagnosis = diagnose(recipe, samples=args.samples, color=color)
+    print("\n".join(diagnosis.lines))
+    if args.json_path:
+        figures = diagnosis.figures | {"no_go": diagnosis.no_go, "warnings": diagnosis.warnings}
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(figures, ensure_ascii=False, indent=1))
+    return 2 if diagnosis.no_go else 0
+
+
+def _report(args: argparse.Namespace) -> None:
+    from migaki.config import CleanConfig
+    from migaki.data.profile import profile_file
+    from migaki.data.report_html import render_data_report
+
+    recipe, data = _data_config(args)
+    tokenizer, name = None, args.model or (recipe.model.base if recipe else None)
+    if name:
+        from migaki import models
+
+        tokenizer = models.load_tokenizer(models.resolve(name))
+    report = profile_file(
+        args.file, data, data.clean or CleanConfig(), tokenizer=tokenizer, tokenizer_name=name
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_data_report(report), encoding="utf-8")
+    twin = out.with_suffix(".json")
+    twin.write_text(json.dumps(report, ensure_ascii=False, indent=1), encoding="utf-8")
+    print(f"wrote {out} and {twin}")
