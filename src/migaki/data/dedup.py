@@ -161,37 +161,50 @@ def _similar_components(
     count = len(keys)
     if count < 2:
         return list(range(count))
-    signatures = _signatures(keys, shingle, num_perm, seed)
+    codes, estimate = _candidate_pairs(_signatures(keys, shingle, num_perm, seed), threshold)
     shingles_of = functools.cache(lambda index: _shingle_set(keys[index], shingle))
     parent = list(range(count))
-    rejected = np.empty(0, dtype=np.int64)  # sorted codes earlier * count + later
-    # Band by band, so that pairs already joined or rejected are dropped in numpy before the
-    # Python loop: similar rows collide in many bands.
-    for keys_of_band in _band_keys(signatures, threshold, num_perm):
-        earlier, later = _bucket_pairs(keys_of_band)
-        roots = _roots(parent)
-        codes = earlier * count + later
-        fresh = (roots[earlier] != roots[later]) & ~np.isin(codes, rejected, assume_unique=True)
-        earlier, later, codes = earlier[fresh], later[fresh], codes[fresh]
-        estimate = _estimated_jaccard(signatures, signatures, earlier, later)
-        plausible = estimate >= threshold - _estimate_margin(num_perm)
-        failed = codes[~plausible].tolist()
-        # Most similar first (Kruskal's order): strong pairs grow the components, and weaker
-        # pairs that fall inside one are then skipped without verification.
-        order = np.flatnonzero(plausible)[np.argsort(-estimate[plausible], kind="stable")]
-        for left, right, code in zip(
-            earlier[order].tolist(), later[order].tolist(), codes[order].tolist(), strict=True
-        ):
+    # Most similar first (Kruskal's order): strong pairs verify and grow the components, so
+    # most weaker pairs are found inside one and need no exact check. Each chunk first drops
+    # such pairs in numpy.
+    codes = codes[np.argsort(-estimate, kind="stable")]
+    for start in range(0, len(codes), _CHUNK_PAIRS):
+        chunk = codes[start : start + _CHUNK_PAIRS]
+        for code in chunk[_unjoined(parent, chunk // count, chunk % count)].tolist():
+            left, right = divmod(code, count)
             left_root, right_root = _find(parent, left), _find(parent, right)
             if left_root == right_root:
                 continue
             if _set_jaccard(shingles_of(left), shingles_of(right)) >= threshold:
                 parent[max(left_root, right_root)] = min(left_root, right_root)
-            else:
-                failed.append(code)
-        # No code is in both (`fresh` above), so a sort is the union.
-        rejected = np.sort(np.concatenate((rejected, np.array(failed, dtype=np.int64))))
     return _roots(parent).tolist()
+
+
+def _candidate_pairs(signatures: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct row pairs sharing an LSH band whose MinHash estimate leaves the threshold in
+    reach: codes earlier * rows + later, and their estimates, both (pairs,)."""
+    count, num_perm = signatures.shape
+    codes = np.empty(0, dtype=np.int64)
+    for keys_of_band in _band_keys(signatures, threshold, num_perm):
+        earlier, later = _bucket_pairs(keys_of_band)
+        codes = _sorted_unique(np.concatenate((codes, earlier * count + later)))
+    estimate = _estimated_jaccard(signatures, signatures, codes // count, codes % count)
+    plausible = estimate >= threshold - _estimate_margin(num_perm)
+    return codes[plausible], estimate[plausible]
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    # A sort, not np.unique: numpy 2's hashing unique was ten times slower on these codes.
+    values = np.sort(values)
+    distinct = np.ones(len(values), dtype=bool)
+    distinct[1:] = values[1:] != values[:-1]
+    return values[distinct]
+
+
+def _unjoined(parent: list[int], left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Whether each pair still lies in two different components: (pairs,) bool."""
+    roots = _roots(parent)
+    return roots[left] != roots[right]
 
 
 def _find(parent: list[int], index: int) -> int:
@@ -382,11 +395,7 @@ def _cross_bucket_pairs(
         high = np.searchsorted(sorted_keys, query_keys, side="right")
         query, match = _expand_ranges(low, np.minimum(high, low + _BUCKET_WINDOW))
         codes.append(query * count + order[match])
-    # A sort, not np.unique: numpy 2's hashing unique was ten times slower on these codes.
-    codes = np.sort(np.concatenate(codes))
-    distinct = np.ones(len(codes), dtype=bool)
-    distinct[1:] = codes[1:] != codes[:-1]
-    codes = codes[distinct]
+    codes = _sorted_unique(np.concatenate(codes))
     return codes // count, codes % count
 
 

@@ -134,7 +134,7 @@ def _show_samples(
             f"--- {example.source}:{example.line} ({len(item.input_ids)} tokens, "
             f"{item.trainable_tokens} carry loss)"
         )
-        report.say(render_marked(item, tokenizer, start, end))
+        report.say(render_marked(item, tokenizer, start, end).rstrip())
 
 
 def render_marked(item: TokenizedExample, tokenizer, start: str, end: str) -> str:

@@ -106,15 +106,23 @@ def convert(record: Record, fmt: str, label_field: str = "label") -> Example:
 def _detect(record: Record, label_field: str) -> str:
     detected = detect_format(record.fields, label_field)
     if detected is None:
-        keys = ", ".join(sorted(map(str, record.fields))) or "none"
+        shown = (key if len(key) <= 30 else key[:30] + "…" for key in map(str, record.fields))
+        keys = ", ".join(sorted(shown)) or "none"
         raise DataError(
             record.source,
             record.line,
             f"cannot tell the format from the keys ({keys}); expected messages, conversations, "
-            f"instruction/output, prompt/completion, text, or text with {label_field}",
+            f"instruction/output, prompt/completion, text, or text with {label_field}"
+            + _header_hint(record),
             "unknown_format",
         )
     return detected
+
+
+def _header_hint(record: Record) -> str:
+    if not record.source.lower().endswith((".csv", ".tsv")):
+        return ""
+    return "; if the file has no header line, name its columns (--columns, data.columns)"
 
 
 def _check_same_format(record: Record, file_format: str, label_field: str) -> None:
