@@ -184,14 +184,35 @@ class DataConfig(Section):
         return _switch(value)
 
 
+MethodName = Literal[
+    "lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter", "full", "freeze"
+]
+
+
 class MethodConfig(Section):
-    name: Literal["lora", "full"] = Field("lora", description="How the model is adapted.")
-    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    name: MethodName = Field("lora", description="How the model is adapted.")
+    lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (lora, dora, qlora).")
     lora_alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator (alpha / r).")
     lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules that get LoRA: `all-linear` or a list of names."
     )
+    trainable_layers: int = Field(
+        2, ge=0, description="freeze: the top N decoder layers train (and the final norm)."
+    )
+    trainable_modules: list[str] = Field(
+        [], description="freeze: also train parameters whose name contains one of these."
+    )
+    num_virtual_tokens: int = Field(
+        20, ge=1, le=512, description="prefix / prompt: learned virtual tokens."
+    )
+    adapter_size: int = Field(64, ge=1, le=8192, description="adapter: bottleneck width.")
+    adapter_placement: Literal["houlsby", "pfeiffer"] = Field(
+        "houlsby",
+        description="adapter: houlsby after attention and feed-forward; pfeiffer after "
+        "feed-forward only.",
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type.")
 
 
 class EarlyStopping(Section):

@@ -1,5 +1,7 @@
 """Fine-tuning methods. Each module has the same parts: `apply(model, method_config)` and
-`load_final(base, final_dir)`; adding a method is one module and one line below."""
+`load_final(base, final_dir)`, and `save_final(model, directory)` where the model's own
+`save_pretrained` is not what final/ should hold; adding a method is one module and one line
+below."""
 
 from __future__ import annotations
 
@@ -8,9 +10,20 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file, save_file
 
-from migaki.methods import full, lora
+from migaki.methods import adapter, freeze, full, ia3, lora, prompt
 
-METHODS: dict[str, ModuleType] = {"lora": lora, "full": full}
+METHODS: dict[str, ModuleType] = {
+    "lora": lora,
+    "dora": lora,
+    "qlora": lora,
+    "ia3": ia3,
+    "prefix": prompt,
+    "prompt": prompt,
+    "adapter": adapter,
+    "full": full,
+    "freeze": freeze,
+}
+PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
 
 
 def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
@@ -22,6 +35,15 @@ def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
 
 def load_final(name: str, base: torch.nn.Module, final_dir: str) -> torch.nn.Module:
     return METHODS[name].load_final(base, final_dir)
+
+
+def save_final(name: str, model: torch.nn.Module, directory: str) -> None:
+    """What final/ holds: a PEFT adapter, a whole model, or the method's own files."""
+    module = METHODS[name]
+    if hasattr(module, "save_final"):
+        module.save_final(model, directory)
+    else:
+        model.save_pretrained(directory)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

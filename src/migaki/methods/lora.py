@@ -1,19 +1,27 @@
-"""LoRA through PEFT: low-rank updates on the chosen linear layers; the base stays frozen."""
+"""LoRA through PEFT: low-rank updates on the chosen linear layers; the base stays frozen.
+
+The same module serves `dora` (weight-decomposed LoRA: each update split into magnitude and
+direction) and `qlora` (LoRA on a base loaded in 4 bits, see `models.load_causal_lm`)."""
 
 from __future__ import annotations
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
 from migaki.config import MethodConfig
 
 
 def apply(model: PreTrainedModel, method: MethodConfig) -> PeftModel:
+    if method.name == "qlora":
+        # Casts norms to fp32 for stable training on a quantized base; checkpointing stays as
+        # the recipe set it.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
         r=method.lora_rank,
         lora_alpha=method.lora_alpha,
         lora_dropout=method.lora_dropout,
         target_modules=method.target_modules,
+        use_dora=method.name == "dora",
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)

@@ -109,10 +109,17 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 
 
 def load_causal_lm(
-    source: ModelSource, attn_implementation: str = "sdpa", trust_remote_code: bool = False
+    source: ModelSource,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+    quantize_4bit: str | None = None,
 ) -> PreTrainedModel:
     """The base model in fp32 (trainable weights and optimizer state stay fp32; autocast does
-    the low-precision maths). Only safetensors weights are read: never a pickle."""
+    the low-precision maths), or with its linear layers in 4 bits (`quantize_4bit`: nf4 or
+    fp4) for QLoRA. Only safetensors weights are read: never a pickle."""
+    extra = {}
+    if quantize_4bit is not None:
+        extra["quantization_config"] = _four_bit(quantize_4bit)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.path,
@@ -120,6 +127,7 @@ def load_causal_lm(
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            **extra,
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -129,3 +137,20 @@ def load_causal_lm(
     # A KV cache built during training makes packed sequences attend across examples.
     model.config.use_cache = False
     return model
+
+
+def _four_bit(quant_type: str):
+    """bitsandbytes 4-bit weights (it runs on CPU too); compute in fp32 on CPU, bf16 on GPU."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("method qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant_type,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+    )

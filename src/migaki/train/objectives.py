@@ -33,6 +33,8 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
     are recomputed in the backward pass instead of kept: the (tokens x vocab) logits are never
     held in memory at once.
     """
+    if _is_prompt_learning(model):
+        return prompt_learning_loss(model, batch)
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX  # (batch, seq-1)
     hidden = decoder(model)(
@@ -57,6 +59,25 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
         loss_sum = loss_sum + chunk_loss
         correct += int(chunk_correct)
     return LossParts(loss_sum, int(keep.sum()), correct)
+
+
+def prompt_learning_loss(model, batch: dict[str, torch.Tensor]) -> LossParts:
+    """The loss through PeftModel's forward, which adds soft prompts or prefixes that the
+    decoder alone would not see. Logits come for every position here (these methods train few
+    weights and are not the ones that need the memory saving)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    logits = logits[:, -batch["input_ids"].shape[1] :]  # drop the soft-prompt positions
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    selected, target = logits[:, :-1][keep].float(), labels[keep]
+    loss_sum = F.cross_entropy(selected, target, reduction="sum")
+    correct = int((selected.argmax(dim=-1) == target).sum())
+    return LossParts(loss_sum, int(keep.sum()), correct)
+
+
+def _is_prompt_learning(model) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
 
 
 def _head_loss(head: torch.nn.Module, rows: torch.Tensor, target: torch.Tensor):

@@ -23,7 +23,13 @@ from migaki.data.batches import collate
 from migaki.data.cache import tokenize_for_recipe
 from migaki.data.packing import collate_packed
 from migaki.errors import UserError
-from migaki.methods import apply_method, count_parameters, load_trainable
+from migaki.methods import (
+    PROMPT_LEARNING,
+    apply_method,
+    count_parameters,
+    load_trainable,
+    save_final,
+)
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
 from migaki.train.checkpoint import (
     LoopState,
@@ -202,6 +208,10 @@ def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
 def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
     """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
     packing = recipe.data.packing
+    if recipe.method.name in PROMPT_LEARNING:
+        if packing is True:
+            raise UserError(f"data.packing: method {recipe.method.name} cannot use packed rows")
+        packing = False  # virtual tokens sit before each row, not before each packed example
     if packing is True or (packing == "auto" and device.type == "cuda"):
         return partial(collate_packed, capacity=recipe.data.max_length, pad_token_id=pad_token_id)
     return partial(collate, pad_token_id=pad_token_id)
@@ -237,8 +247,9 @@ def _tokenize_splits(splits, tokenizer, recipe: Recipe) -> dict[str, list]:
 
 def _build_model(recipe: Recipe, source, precision: str, device: torch.device):
     """The base model with the recipe's method and memory options; (model, trainable, total)."""
+    quantize = recipe.method.quant_type if recipe.method.name == "qlora" else None
     model = models.load_causal_lm(
-        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
+        source, recipe.model.attn_implementation, recipe.model.trust_remote_code, quantize
     )
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
@@ -327,7 +338,7 @@ def _save_final(model, tokenizer, run_dir: Path, recipe: Recipe, state: LoopStat
     final = run_dir / "final"
     staging = run_dir / ".tmp-final"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
+    save_final(recipe.method.name, model, str(staging))
     tokenizer.save_pretrained(staging)
     if final.exists():
         shutil.rmtree(final)
