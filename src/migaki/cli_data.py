@@ -96,7 +96,7 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, help="row format (default auto)")
     parser.add_argument("--columns", help="column names of a csv/tsv without header: a,b")
     parser.add_argument("--labels", help="allowed labels, comma separated")
-    parser.add_argument("--label-field", help="field holding the label (default label)")
+    parser.add_argument("--label-column", help="field holding the label (default label)")
 
 
 def _data_config(args: argparse.Namespace):
@@ -114,8 +114,8 @@ def _data_config(args: argparse.Namespace):
         updates["columns"] = [c.strip() for c in args.columns.split(",")]
     if args.labels:
         updates["labels"] = [c.strip() for c in args.labels.split(",")]
-    if args.label_field:
-        updates["label_field"] = args.label_field
+    if args.label_column:
+        updates["label_column"] = args.label_column
     return recipe, data.model_copy(update=updates)
 
 

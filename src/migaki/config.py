@@ -164,7 +164,10 @@ class DataConfig(Section):
     columns: list[str] | None = Field(
         None, description="Column names of csv/tsv files that have no header line."
     )
-    label_field: str = Field("label", description="The field holding a row's label.")
+    label_column: str = Field("label", description="The field holding a row's label.")
+    max_rows: int | None = Field(
+        None, ge=1, description="Use a seeded random sample of this many training rows."
+    )
     labels: list[str] | None = Field(
         None, description="The allowed labels; a row with another label is an error."
     )
@@ -185,7 +188,7 @@ class DataConfig(Section):
 
 
 MethodName = Literal[
-    "lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter", "full", "freeze"
+    "lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter", "full", "freeze", "head"
 ]
 
 
@@ -291,7 +294,7 @@ class EstimateConfig(Section):
 class Recipe(Section):
     name: str | None = Field(None, description="Run name; the run goes to runs/NAME-TIME.")
     model: ModelConfig
-    task: Literal["sft"] = Field("sft", description="Objective.")
+    task: Literal["sft", "classification"] = Field("sft", description="Objective.")
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -68,3 +68,28 @@ def build_tiny_model(
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+def build_tiny_encoder(out: str | Path, hidden_size: int = 32, seed: int = 0) -> Path:
+    """A tiny random BERT (2 layers) beside the same byte-level tokenizer: stands in for the
+    bundled MiniLM encoder in classification tests."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = Path(out)
+    build_tiny_model(out, hidden_size=hidden_size)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    for stale in out.glob("model*.safetensors"):
+        stale.unlink()
+    BertModel(config).save_pretrained(out)
+    return out

@@ -86,7 +86,7 @@ def clean_records(
     fmt: str,
     config: CleanConfig,
     count_tokens: TokenCounter | None = None,
-    label_field: str = "label",
+    label_column: str = "label",
 ) -> tuple[list[Record], list[StepReport]]:
     """Run the enabled steps in order; returns the kept rows and one report per step."""
     reports = []
@@ -100,7 +100,7 @@ def clean_records(
         records, report = filter_step(records, fmt, config.filter, count_tokens)
         reports.append(report)
     if config.dedup:
-        records, report = dedup_step(records, fmt, config.dedup, label_field)
+        records, report = dedup_step(records, fmt, config.dedup, label_column)
         reports.append(report)
     return records, reports
 
@@ -244,7 +244,7 @@ def _blocklist(path: str | None) -> list[str]:
 
 
 def dedup_step(
-    records: list[Record], fmt: str, config: DedupConfig, label_field: str = "label"
+    records: list[Record], fmt: str, config: DedupConfig, label_column: str = "label"
 ) -> tuple[list[Record], StepReport]:
     report = StepReport("dedup", len(records), details={"threshold": config.threshold})
     texts = [row_text(record, fmt) for record in records]
@@ -253,7 +253,7 @@ def dedup_step(
     if config.exact:
         for cluster in dedup.exact_clusters(texts):
             _remove_cluster(cluster, "exact", records, texts, removed, report, clusters)
-        _label_conflicts(records, fmt, label_field, clusters, report)
+        _label_conflicts(records, fmt, label_column, clusters, report)
     if config.near:
         remaining = [i for i in range(len(records)) if i not in removed]
         near = dedup.near_duplicate_clusters(
@@ -296,7 +296,7 @@ def _remove_cluster(
 
 
 def _label_conflicts(
-    records: list[Record], fmt: str, label_field: str, clusters: list[dict], report: StepReport
+    records: list[Record], fmt: str, label_column: str, clusters: list[dict], report: StepReport
 ) -> None:
     """Exact duplicates that carry different labels: the data contradicts itself."""
     if fmt != "classification":
@@ -305,7 +305,7 @@ def _label_conflicts(
     conflicts = [
         c
         for c in clusters
-        if len({str(by_line[i].fields.get(label_field)) for i in c["lines"]}) > 1
+        if len({str(by_line[i].fields.get(label_column)) for i in c["lines"]}) > 1
     ]
     report.details["label_conflicts"] = len(conflicts)
     report.details["label_conflict_lines"] = [c["lines"] for c in conflicts[:10]]

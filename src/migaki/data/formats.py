@@ -49,7 +49,7 @@ class Example:
         return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
 
 
-def detect_format(fields: dict[str, Any], label_field: str = "label") -> str | None:
+def detect_format(fields: dict[str, Any], label_column: str = "label") -> str | None:
     """The format a row's keys indicate, or None."""
     if "messages" in fields:
         return "messages"
@@ -59,7 +59,7 @@ def detect_format(fields: dict[str, Any], label_field: str = "label") -> str | N
         return "alpaca"
     if "prompt" in fields and "completion" in fields:
         return "prompt_completion"
-    if label_field in fields and any(key in fields for key in CLASSIFICATION_TEXT_KEYS):
+    if label_column in fields and any(key in fields for key in CLASSIFICATION_TEXT_KEYS):
         return "classification"
     if "text" in fields:
         return "text"
@@ -67,17 +67,17 @@ def detect_format(fields: dict[str, Any], label_field: str = "label") -> str | N
 
 
 def to_examples(
-    records: list[Record], fmt: str = "auto", label_field: str = "label"
+    records: list[Record], fmt: str = "auto", label_column: str = "label"
 ) -> list[Example]:
     """Convert rows to examples. Raises the first DataError (file:line)."""
-    examples, problems, _ = convert_records(records, fmt, label_field)
+    examples, problems, _ = convert_records(records, fmt, label_column)
     if problems:
         raise problems[0]
     return examples
 
 
 def convert_records(
-    records: list[Record], fmt: str = "auto", label_field: str = "label"
+    records: list[Record], fmt: str = "auto", label_column: str = "label"
 ) -> tuple[list[Example], list[DataError], str | None]:
     """Convert every row that can be converted; collect a DataError for each that cannot.
 
@@ -87,24 +87,24 @@ def convert_records(
     examples, problems = [], []
     for record in records:
         try:
-            row_format = file_format or _detect(record, label_field)
+            row_format = file_format or _detect(record, label_column)
             if fmt == "auto":
-                _check_same_format(record, row_format, label_field)
+                _check_same_format(record, row_format, label_column)
             file_format = row_format
-            examples.append(convert(record, row_format, label_field))
+            examples.append(convert(record, row_format, label_column))
         except DataError as problem:
             problems.append(problem)
     return examples, problems, file_format
 
 
-def convert(record: Record, fmt: str, label_field: str = "label") -> Example:
+def convert(record: Record, fmt: str, label_column: str = "label") -> Example:
     if fmt == "classification":
-        return _classification(record, label_field)
+        return _classification(record, label_column)
     return CONVERTERS[fmt](record)
 
 
-def _detect(record: Record, label_field: str) -> str:
-    detected = detect_format(record.fields, label_field)
+def _detect(record: Record, label_column: str) -> str:
+    detected = detect_format(record.fields, label_column)
     if detected is None:
         shown = (key if len(key) <= 30 else key[:30] + "…" for key in map(str, record.fields))
         keys = ", ".join(sorted(shown)) or "none"
@@ -112,7 +112,7 @@ def _detect(record: Record, label_field: str) -> str:
             record.source,
             record.line,
             f"cannot tell the format from the keys ({keys}); expected messages, conversations, "
-            f"instruction/output, prompt/completion, text, or text with {label_field}"
+            f"instruction/output, prompt/completion, text, or text with {label_column}"
             + _header_hint(record),
             "unknown_format",
         )
@@ -125,8 +125,8 @@ def _header_hint(record: Record) -> str:
     return "; if the file has no header line, name its columns (--columns, data.columns)"
 
 
-def _check_same_format(record: Record, file_format: str, label_field: str) -> None:
-    detected = _detect(record, label_field)
+def _check_same_format(record: Record, file_format: str, label_column: str) -> None:
+    detected = _detect(record, label_column)
     if detected != file_format:
         raise DataError(
             record.source,
@@ -166,15 +166,15 @@ def with_text(fields: dict[str, Any], path: TextPath, text: str) -> dict[str, An
     return copy
 
 
-def _classification(record: Record, label_field: str) -> Example:
+def _classification(record: Record, label_column: str) -> Example:
     key = next((k for k in CLASSIFICATION_TEXT_KEYS if k in record.fields), "text")
     text = _text_field(record, key)
-    label = record.fields.get(label_field)
+    label = record.fields.get(label_column)
     if isinstance(label, float) and label.is_integer():
         label = int(label)
     if label is None or isinstance(label, (dict, list)) or str(label).strip() == "":
-        _failer(record)(f"missing or empty label '{label_field}'", "missing_field")
-    meta = _meta(record, key, label_field)
+        _failer(record)(f"missing or empty label '{label_column}'", "missing_field")
+    meta = _meta(record, key, label_column)
     return Example(record.source, record.line, text=text, meta=meta, label=str(label).strip())
 
 

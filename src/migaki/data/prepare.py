@@ -5,6 +5,7 @@ what a recipe trains on is exactly what `prepare` shows.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,9 +84,11 @@ def prepare_data(
         if clean is not None:
             counter = _token_counter(tokenizer, data, formats[name])
             parts[name], reports = clean_records(
-                parts[name], formats[name], clean, counter, data.label_field
+                parts[name], formats[name], clean, counter, data.label_column
             )
             steps += _named(reports, name, len(sources))
+    if data.max_rows is not None and len(parts["train"]) > data.max_rows:
+        steps.append(_sample(parts, data.max_rows, seed))
     if split:
         _split_train(parts, formats, data, seed)
         dedup_config = clean.dedup if clean and clean.dedup else DedupConfig()
@@ -101,7 +104,7 @@ def prepare_data(
         )
         steps.append(report)
     examples = {
-        name: [convert(r, formats[name], data.label_field) for r in rows]
+        name: [convert(r, formats[name], data.label_column) for r in rows]
         for name, rows in parts.items()
     }
     hashes = {str(path): file_hash(path) for path in sources.values()}
@@ -130,12 +133,22 @@ def _read_valid(
     return validation.fmt or "text", validation.records
 
 
+def _sample(parts: dict[str, list[Record]], max_rows: int, seed: int) -> StepReport:
+    """A seeded random sample of the training file, in file order."""
+    rows = parts["train"]
+    report = StepReport("max_rows", len(rows), removed=len(rows) - max_rows)
+    report.reasons["over_max_rows"] = report.removed
+    keep = sorted(random.Random(seed).sample(range(len(rows)), max_rows))
+    parts["train"] = [rows[i] for i in keep]
+    return report
+
+
 def _token_counter(tokenizer, data: DataConfig, fmt: str) -> Callable[[Record], int] | None:
     if tokenizer is None:
         return None
 
     def count(record: Record) -> int:
-        example = convert(record, fmt, data.label_field)
+        example = convert(record, fmt, data.label_column)
         tokens = tokenize_example(
             example,
             tokenizer,
@@ -175,7 +188,7 @@ def _split_train(
 
 
 def _labels(rows: list[Record], fmt: str, data: DataConfig) -> list[str | None] | None:
-    labels = [label_of(convert(r, fmt, data.label_field), data.label_field) for r in rows]
+    labels = [label_of(convert(r, fmt, data.label_column), data.label_column) for r in rows]
     return labels if any(label is not None for label in labels) else None
 
 

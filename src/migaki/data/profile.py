@@ -56,12 +56,12 @@ def profile_file(
             "total": int(sum(lengths)),
         }
         report["token_lengths"] = summary
-    report["labels"] = _labels(examples, data.label_field)
+    report["labels"] = _labels(examples, data.label_column)
     # Personal data is only counted here; the report must not change or drop rows it shows.
     reporting = clean.model_copy(
         update={"pii": (clean.pii or PiiConfig()).model_copy(update={"action": "report"})}
     )
-    _, steps = clean_records(records, fmt, reporting, None, data.label_field)
+    _, steps = clean_records(records, fmt, reporting, None, data.label_column)
     report |= _from_steps(steps)
     return report
 
@@ -96,14 +96,14 @@ def _tokens(example, tokenizer, data: DataConfig) -> int:
     return len(tokens.input_ids)
 
 
-def _labels(examples: list, label_field: str) -> dict[str, Any] | None:
-    counts = Counter(label_of(e, label_field) for e in examples)
+def _labels(examples: list, label_column: str) -> dict[str, Any] | None:
+    counts = Counter(label_of(e, label_column) for e in examples)
     counts.pop(None, None)
     if not counts:
         return None
     ordered = dict(counts.most_common())
     ratio = max(ordered.values()) / min(ordered.values())
-    return {"field": label_field, "counts": ordered, "imbalance_ratio": round(ratio, 2)}
+    return {"field": label_column, "counts": ordered, "imbalance_ratio": round(ratio, 2)}
 
 
 def _from_steps(steps: list[StepReport]) -> dict[str, Any]:

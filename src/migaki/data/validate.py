@@ -40,21 +40,21 @@ def validate_file(
     path: str | Path,
     fmt: str = "auto",
     *,
-    label_field: str = "label",
+    label_column: str = "label",
     labels: list[str] | None = None,
     columns: list[str] | None = None,
 ) -> Validation:
     """Every problem in the file, and warnings."""
     scan = scan_records(path, columns)
-    examples, problems, file_format = convert_records(scan.records, fmt, label_field)
+    examples, problems, file_format = convert_records(scan.records, fmt, label_column)
     valid_lines = {example.line for example in examples}
     records = [record for record in scan.records if record.line in valid_lines]
     warnings = [DataError(path, None, note, "note") for note in scan.notes]
     problems = scan.problems + problems
     if labels is not None:
-        records, examples = _check_label_set(records, examples, labels, label_field, problems)
+        records, examples = _check_label_set(records, examples, labels, label_column, problems)
     else:
-        warnings += _label_typos(examples, label_field)
+        warnings += _label_typos(examples, label_column)
     problems.sort(key=lambda p: (p.line is None, p.line or 0))
     return Validation(str(path), file_format, records, examples, problems, warnings)
 
@@ -62,15 +62,15 @@ def validate_file(
 def validate_for(path: str | Path, data: DataConfig) -> Validation:
     """`validate_file` with the format, label and column settings of a recipe's data section."""
     return validate_file(
-        path, data.format, label_field=data.label_field, labels=data.labels, columns=data.columns
+        path, data.format, label_column=data.label_column, labels=data.labels, columns=data.columns
     )
 
 
-def label_of(example: Example, label_field: str = "label") -> str | None:
+def label_of(example: Example, label_column: str = "label") -> str | None:
     """A classification row's label, or the label field of any other row (for stratifying)."""
     if example.label is not None:
         return example.label
-    value = example.meta.get(label_field)
+    value = example.meta.get(label_column)
     return None if value is None or isinstance(value, (dict, list)) else str(value)
 
 
@@ -78,13 +78,13 @@ def _check_label_set(
     records: list[Record],
     examples: list[Example],
     labels: list[str],
-    label_field: str,
+    label_column: str,
     problems: list[DataError],
 ) -> tuple[list[Record], list[Example]]:
     allowed = set(labels)
     kept_records, kept_examples = [], []
     for record, example in zip(records, examples, strict=True):
-        label = label_of(example, label_field)
+        label = label_of(example, label_column)
         if label is not None and label not in allowed:
             close = difflib.get_close_matches(label, labels, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -96,9 +96,9 @@ def _check_label_set(
     return kept_records, kept_examples
 
 
-def _label_typos(examples: list[Example], label_field: str) -> list[DataError]:
+def _label_typos(examples: list[Example], label_column: str) -> list[DataError]:
     """Rare labels one edit away from a common one are probably typos ('postive')."""
-    counts = Counter(label_of(e, label_field) for e in examples)
+    counts = Counter(label_of(e, label_column) for e in examples)
     counts.pop(None, None)
     if len(counts) < 2:
         return []
@@ -110,7 +110,7 @@ def _label_typos(examples: list[Example], label_field: str) -> list[DataError]:
             continue
         close = difflib.get_close_matches(label, common, n=1, cutoff=0.75)
         if close:
-            lines = [e.line for e in examples if label_of(e, label_field) == label][:5]
+            lines = [e.line for e in examples if label_of(e, label_column) == label][:5]
             message = (
                 f"label '{label}' appears {n} time(s) (lines {lines}); a typo of '{close[0]}'?"
             )

@@ -10,7 +10,8 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file, save_file
 
-from migaki.methods import adapter, freeze, full, ia3, lora, prompt
+from migaki.errors import UserError
+from migaki.methods import adapter, freeze, full, head, ia3, lora, prompt
 
 METHODS: dict[str, ModuleType] = {
     "lora": lora,
@@ -22,14 +23,23 @@ METHODS: dict[str, ModuleType] = {
     "adapter": adapter,
     "full": full,
     "freeze": freeze,
+    "head": head,
 }
+CLASSIFICATION_METHODS = ("full", "lora", "head")
 PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
 
 
-def apply_method(model: torch.nn.Module, method) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, method, task: str = "sft") -> torch.nn.Module:
     """Wrap or edit `model` for `method.name`; only the method's weights stay trainable."""
+    if task == "classification" and method.name not in CLASSIFICATION_METHODS:
+        raise UserError(
+            f"method.name: {method.name} is not available for task classification yet; "
+            f"use one of {', '.join(CLASSIFICATION_METHODS)}"
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    if method.name == "lora":
+        return lora.apply(model, method, task)
     return METHODS[method.name].apply(model, method)
 
 

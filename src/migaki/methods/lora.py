@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 from migaki.config import MethodConfig
 
 
-def apply(model: PreTrainedModel, method: MethodConfig) -> PeftModel:
+def apply(model: PreTrainedModel, method: MethodConfig, task: str = "sft") -> PeftModel:
     if method.name == "qlora":
         # Casts norms to fp32 for stable training on a quantized base; checkpointing stays as
         # the recipe set it.
@@ -22,7 +22,8 @@ def apply(model: PreTrainedModel, method: MethodConfig) -> PeftModel:
         lora_dropout=method.lora_dropout,
         target_modules=method.target_modules,
         use_dora=method.name == "dora",
-        task_type="CAUSAL_LM",
+        # SEQ_CLS also trains (and saves) the new classification head in full.
+        task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
 

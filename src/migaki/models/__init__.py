@@ -1,13 +1,20 @@
 """Base models: bundled defaults, local Hugging Face folders and GGUF files."""
 
 from migaki.models.bundled import BUNDLED, cache_root, pull
-from migaki.models.load import ModelSource, load_causal_lm, load_tokenizer, resolve
+from migaki.models.load import (
+    ModelSource,
+    load_causal_lm,
+    load_sequence_classifier,
+    load_tokenizer,
+    resolve,
+)
 
 __all__ = [
     "BUNDLED",
     "ModelSource",
     "cache_root",
     "load_causal_lm",
+    "load_sequence_classifier",
     "load_tokenizer",
     "pull",
     "resolve",

@@ -95,12 +95,13 @@ def _file_key(path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
-    """The tokenizer, with a pad token (the EOS token where the model defines none)."""
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat: bool = True):
+    """The tokenizer, with a pad token (the EOS token where the model defines none). `chat`:
+    the task renders conversations, so the tokenizer must have a chat template."""
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not getattr(tokenizer, "chat_template", None):
+    if chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"{source.name}: the tokenizer has no chat template; instruction tuning (task sft) "
             "needs a chat model"
@@ -135,6 +136,32 @@ def load_causal_lm(
             first = "it is not a causal language model; this task needs one"
         raise UserError(f"{source.name}: cannot load the model ({first})") from None
     # A KV cache built during training makes packed sequences attend across examples.
+    model.config.use_cache = False
+    return model
+
+
+def load_sequence_classifier(
+    source: ModelSource, labels: list[str], pad_token_id: int, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """An encoder or decoder with a new classification head for `labels` (fp32). The label
+    map goes into the model's config, so it is saved with the model."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.path,
+            dtype=torch.float32,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{source.name}: cannot load it for classification ({first})") from None
+    # Decoders score the last non-padding token, which they find through pad_token_id.
+    model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
     return model
 

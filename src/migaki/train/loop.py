@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object
@@ -84,6 +85,9 @@ def fit(
     stopped_early = False
     lengths = [len(row.input_ids) for row in train_rows]
     batches_of_epoch: dict[int, list[list[int]]] = {}
+    if state.step == 0 and val_rows and plan.eval_every:
+        # Before any update: every run's metrics show where validation started.
+        _validate(model, accelerator, val_rows, cfg, plan, state, metrics, None, collate_fn)
     model.train()
     while state.step < plan.total_steps:
         step_start = time.perf_counter()
@@ -196,7 +200,7 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
 
 
 def _validate(
-    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, collate_fn
+    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss: float | None, collate_fn
 ) -> bool:
     """Run validation, log it, update best/patience; True when early stopping should stop.
     Each process evaluates its share of the rows; the sums are combined, so every process
@@ -218,11 +222,16 @@ def _validate(
             dtype=torch.float64,
         )
         totals = accelerator.reduce(totals, "sum").tolist()
+        confusion = sums.get("confusion")
         sums = dict(zip(("loss_sum", "tokens", "correct"), totals, strict=True))
+        if confusion is not None:
+            sums["confusion"] = accelerator.reduce(confusion.to(accelerator.device), "sum").cpu()
     result = summarize(sums)
     metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )
+    if train_loss is None:  # the step-0 baseline: no checkpoint, not a candidate for best
+        return False
     val_loss = result["loss"]
     min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
     if state.best_val_loss is None or val_loss < state.best_val_loss - min_delta:
@@ -254,7 +263,7 @@ def evaluate_rows(
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float]:
     """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
-    loss_sum, tokens, correct = 0.0, 0, 0
+    loss_sum, tokens, correct, confusion = 0.0, 0, 0, None
     for start in range(0, len(rows), batch_size):
         batch = _to_device(collate_fn(rows[start : start + batch_size]), device)
         with autocast():
@@ -262,19 +271,41 @@ def evaluate_rows(
         loss_sum += parts.loss_sum.item()
         tokens += parts.tokens
         correct += parts.correct
-    return {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
+        if parts.confusion is not None:
+            confusion = parts.confusion if confusion is None else confusion + parts.confusion
+    sums = {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
+    return sums | ({"confusion": confusion} if confusion is not None else {})
 
 
-def summarize(sums: dict[str, float]) -> dict[str, float]:
-    """Loss, perplexity and token accuracy from summed counts."""
+def summarize(sums: dict[str, Any]) -> dict[str, float]:
+    """Loss, perplexity and token accuracy from summed counts; for classification (a
+    confusion matrix is present) loss, accuracy and macro F1 over the rows."""
     tokens = int(sums["tokens"])
     loss = sums["loss_sum"] / max(tokens, 1)
+    if sums.get("confusion") is not None:
+        return {
+            "loss": loss,
+            "accuracy": sums["correct"] / max(tokens, 1),
+            "f1_macro": f1_macro(sums["confusion"]),
+            "rows": tokens,
+        }
     return {
         "loss": loss,
         "perplexity": math.exp(min(loss, 50.0)),
         "token_accuracy": sums["correct"] / max(tokens, 1),
         "tokens": tokens,
     }
+
+
+def f1_macro(confusion: torch.Tensor) -> float:
+    """Mean over classes of F1 (rows: true class, columns: predicted); a class that is neither
+    present nor predicted is left out, as scikit-learn does with zero_division handling."""
+    confusion = confusion.double()
+    true_positive = confusion.diag()
+    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
+    scored = (predicted + actual) > 0
+    f1 = 2 * true_positive / (predicted + actual).clamp(min=1)
+    return float(f1[scored].mean()) if scored.any() else 0.0
 
 
 def _overfitting(history: list[tuple[int, float, float]]) -> bool:

@@ -20,6 +20,7 @@ class LossParts:
     loss_sum: torch.Tensor  # summed cross-entropy over labelled tokens (scalar, fp32)
     tokens: int  # labelled tokens in the batch
     correct: int  # labelled tokens whose argmax prediction is right
+    confusion: torch.Tensor | None = None  # classification: (true, predicted) counts
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096) -> LossParts:
@@ -84,6 +85,31 @@ def _head_loss(head: torch.nn.Module, rows: torch.Tensor, target: torch.Tensor):
     logits = head(rows).float()  # (chunk, vocab)
     loss = F.cross_entropy(logits, target, reduction="sum")
     return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+def classification_loss(model, batch: dict[str, torch.Tensor]) -> LossParts:
+    """Cross-entropy summed over the rows of a batch, with the confusion counts that give
+    accuracy and macro F1 over a whole validation set."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits.float()
+    target = batch["labels"]
+    loss_sum = F.cross_entropy(logits, target, reduction="sum")
+    predicted = logits.argmax(dim=-1)
+    classes = logits.shape[-1]
+    confusion = torch.bincount(target * classes + predicted, minlength=classes * classes)
+    correct = int((predicted == target).sum())
+    return LossParts(loss_sum, len(target), correct, confusion.view(classes, classes).cpu())
+
+
+class ClassificationLoss(torch.nn.Module):
+    """`classification_loss` as a module, for the same reason as CausalLMLoss."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        return classification_loss(self.model, batch)
 
 
 class CausalLMLoss(torch.nn.Module):

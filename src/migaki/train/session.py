@@ -21,6 +21,12 @@ from migaki.config import Recipe
 from migaki.data import load_splits, write_split
 from migaki.data.batches import collate
 from migaki.data.cache import tokenize_for_recipe
+from migaki.data.classify import (
+    class_counts,
+    collate_classification,
+    label_map,
+    tokenize_classification,
+)
 from migaki.data.packing import collate_packed
 from migaki.errors import UserError
 from migaki.methods import (
@@ -39,7 +45,7 @@ from migaki.train.checkpoint import (
     read_state,
 )
 from migaki.train.loop import StepPlan, fit
-from migaki.train.objectives import CausalLMLoss, decoder
+from migaki.train.objectives import CausalLMLoss, ClassificationLoss, decoder
 from migaki.train.precision import choose_precision
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
@@ -67,18 +73,23 @@ def train(
     set_seed(recipe.train.seed)
 
     source = models.resolve(recipe.model.base)
-    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    classify = recipe.task == "classification"
+    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=not classify)
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     for step in splits.steps:
         log.info("data %s", step.summary())
     if checkpoint is not None:
         _check_resume(checkpoint, recipe, splits.hashes, force)
-    rows = _tokenize_splits(splits, tokenizer, recipe)
-    model, trainable, total = _build_model(recipe, source, precision, device)
+    labels = label_map(splits.train, recipe.data.labels) if classify else None
+    rows = _tokenize_splits(splits, tokenizer, recipe, labels)
+    model, trainable, total = _build_model(
+        recipe, source, precision, device, labels, tokenizer.pad_token_id
+    )
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    objective, optimizer = accelerator.prepare(CausalLMLoss(model), optimizer)
+    loss_module = ClassificationLoss(model) if classify else CausalLMLoss(model)
+    objective, optimizer = accelerator.prepare(loss_module, optimizer)
     # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
     # process draws its own dropout masks, so checkpoints keep one random state per process.
     set_seed(recipe.train.seed, device_specific=True)
@@ -207,6 +218,8 @@ def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
 
 def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
     """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
+    if recipe.task == "classification":
+        return partial(collate_classification, pad_token_id=pad_token_id)
     packing = recipe.data.packing
     if recipe.method.name in PROMPT_LEARNING:
         if packing is True:
@@ -227,8 +240,10 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
-def _tokenize_splits(splits, tokenizer, recipe: Recipe) -> dict[str, list]:
+def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None) -> dict:
     """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
+    if labels is not None:
+        return _classification_rows(splits, tokenizer, recipe, labels)
     if recipe.task == "sft" and any(e.label is not None for e in splits.train[:1]):
         raise UserError(
             f"{recipe.data.train}: rows are classification rows (a text and a label); task sft "
@@ -245,16 +260,45 @@ def _tokenize_splits(splits, tokenizer, recipe: Recipe) -> dict[str, list]:
     return rows
 
 
-def _build_model(recipe: Recipe, source, precision: str, device: torch.device):
+def _classification_rows(splits, tokenizer, recipe: Recipe, labels: list[str]) -> dict:
+    rows = {}
+    for split_name in ("train", "val", "test"):
+        examples = getattr(splits, split_name)
+        rows[split_name], report = tokenize_classification(
+            examples, tokenizer, labels, recipe.data.max_length
+        )
+        if examples:
+            counts = ", ".join(
+                f"{k} {v}" for k, v in class_counts(rows[split_name], labels).items()
+            )
+            log.info("data %s: %s; labels: %s", split_name, report.summary(), counts)
+    if not rows["train"]:
+        raise UserError(f"{recipe.data.train}: no training row left")
+    return rows
+
+
+def _build_model(
+    recipe: Recipe,
+    source,
+    precision: str,
+    device: torch.device,
+    labels: list[str] | None = None,
+    pad_token_id: int | None = None,
+):
     """The base model with the recipe's method and memory options; (model, trainable, total)."""
-    quantize = recipe.method.quant_type if recipe.method.name == "qlora" else None
-    model = models.load_causal_lm(
-        source, recipe.model.attn_implementation, recipe.model.trust_remote_code, quantize
-    )
+    if labels is not None:
+        model = models.load_sequence_classifier(
+            source, labels, pad_token_id, recipe.model.trust_remote_code
+        )
+    else:
+        quantize = recipe.method.quant_type if recipe.method.name == "qlora" else None
+        model = models.load_causal_lm(
+            source, recipe.model.attn_implementation, recipe.model.trust_remote_code, quantize
+        )
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_method(model, recipe.method)
+    model = apply_method(model, recipe.method, recipe.task)
     if recipe.train.compile:
         decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
     trainable, total = count_parameters(model)
@@ -340,6 +384,11 @@ def _save_final(model, tokenizer, run_dir: Path, recipe: Recipe, state: LoopStat
     shutil.rmtree(staging, ignore_errors=True)
     save_final(recipe.method.name, model, str(staging))
     tokenizer.save_pretrained(staging)
+    labels = getattr(model.config, "id2label", None)
+    if recipe.task == "classification" and labels:
+        # PEFT adapters do not carry the base config; the label map travels beside them.
+        names = [labels[i] for i in range(len(labels))]
+        (staging / "labels.json").write_text(json.dumps(names, ensure_ascii=False))
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)

@@ -1,0 +1,93 @@
+"""Sequence classification: an encoder or a decoder gets a new head; accuracy and macro F1
+on every validation row of metrics.jsonl; the label map travels with the model."""
+
+import json
+
+import pytest
+import torch
+from conftest import write_jsonl, write_recipe
+
+from migaki.cli import main
+from migaki.testing import build_tiny_encoder
+from migaki.train.loop import f1_macro
+
+
+def sentiment_rows(count):
+    good = ["good kettle", "great toaster", "fine support", "lovely fan"]
+    bad = ["broken kettle", "awful toaster", "slow support", "noisy fan"]
+    rows = []
+    for i in range(count):
+        words = good if i % 2 else bad
+        rows.append({"sentence": f"{words[i % 4]} {i}", "label": "pos" if i % 2 else "neg"})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    return build_tiny_encoder(tmp_path_factory.mktemp("enc") / "model")
+
+
+def val_metrics(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [m for m in map(json.loads, lines) if m.get("split") == "val"]
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "head"])
+def test_encoder_classification_learns_and_logs_accuracy_and_f1(
+    method, tmp_path, tiny_encoder, capsys
+):
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(160))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_encoder,
+        data,
+        task="classification",
+        method={"name": method},
+        train={"max_steps": 40, "batch_size": 16, "lr": 5e-3, "eval_every": 20},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    metrics = val_metrics(run)
+    assert [m["step"] for m in metrics] == [0, 20, 40]
+    assert all({"accuracy", "f1_macro", "loss"} <= m.keys() for m in metrics)
+    if method != "head":  # a frozen random backbone cannot separate the words
+        assert metrics[-1]["accuracy"] >= 0.9 > metrics[0]["accuracy"] - 0.2
+    assert json.loads((run / "final" / "labels.json").read_text()) == ["neg", "pos"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["trainable_params"] < manifest["total_params"] or method == "full"
+
+
+def test_decoder_classification_with_a_headerless_tsv(tmp_path, tiny_model, capsys):
+    rows = sentiment_rows(80)
+    data = tmp_path / "s.tsv"
+    data.write_text("".join(f"{r['sentence']}\t{r['label']}\n" for r in rows))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        task="classification",
+        data={"columns": ["text", "label"]},
+        method={"name": "full"},
+        train={"max_steps": 10, "batch_size": 8, "lr": 1e-3, "eval_every": 10},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["id2label"] == {"0": "neg", "1": "pos"}
+    assert "accuracy" in val_metrics(run)[-1]
+
+
+def test_a_method_without_classification_support_is_refused(tmp_path, tiny_encoder, capsys):
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(20))
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_encoder, data, task="classification", method={"name": "ia3"}
+    )
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "ia3 is not available for task classification yet" in capsys.readouterr().err
+
+
+def test_f1_macro_matches_its_definition():
+    confusion = torch.tensor([[5, 1, 0], [2, 3, 0], [0, 0, 0]])
+    f1_a = 2 * 5 / (2 * 5 + 1 + 2)
+    f1_b = 2 * 3 / (2 * 3 + 2 + 1)
+    assert f1_macro(confusion) == pytest.approx((f1_a + f1_b) / 2)
