@@ -91,3 +91,27 @@ def test_f1_macro_matches_its_definition():
     f1_a = 2 * 5 / (2 * 5 + 1 + 2)
     f1_b = 2 * 3 / (2 * 3 + 2 + 1)
     assert f1_macro(confusion) == pytest.approx((f1_a + f1_b) / 2)
+
+
+def test_doctor_reports_labels_per_split_for_classification(tmp_path, tiny_encoder, capsys):
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(40))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_encoder, data, task="classification")
+    assert main(["data", "doctor", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "labels in train: neg " in out and "labels in val: neg " in out
+    assert out.rstrip().endswith("GO: the data is ready to train on")
+
+
+def test_max_rows_samples_the_training_file_and_says_so(tmp_path):
+    from migaki.config import DataConfig
+    from migaki.data.prepare import prepare_data
+
+    data = DataConfig(
+        train=str(write_jsonl(tmp_path / "s.jsonl", sentiment_rows(100))),
+        max_rows=30,
+        split={"leakage": False},
+    )
+    prepared = prepare_data(data, seed=0)
+    assert sum(len(rows) for rows in prepared.parts.values()) == 30
+    (sample,) = [s for s in prepared.steps if s.step == "max_rows"]
+    assert sample.removed == 70

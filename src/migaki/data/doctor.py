@@ -10,6 +10,7 @@ would make training fail or silently learn nothing.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from migaki import models
 from migaki.config import Recipe
 from migaki.data import dedup
+from migaki.data.classify import label_map
 from migaki.data.formats import Example
 from migaki.data.prepare import load_splits
 from migaki.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
@@ -44,8 +46,9 @@ def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis
     report = Diagnosis()
     if not _validate_files(recipe, report):
         return report
+    classify = recipe.task == "classification"
     tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code
+        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=not classify
     )
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     report.say("cleaning and split:")
@@ -57,6 +60,10 @@ def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis
     report.say("  rows: " + ", ".join(f"{name} {len(items)}" for name, items in rows.items()))
     if not any(step.step.endswith("dedup") for step in splits.steps):
         _duplicates(splits.train, report)
+    if classify:
+        _classification(rows, tokenizer, recipe, report)
+        _verdict(report)
+        return report
     tokenized = {name: _tokenize(items, tokenizer, recipe) for name, items in rows.items()}
     _show_samples(splits.train, tokenized["train"], tokenizer, samples, color, report)
     _lengths(tokenized, recipe, report)
@@ -87,6 +94,23 @@ def _validate_files(recipe: Recipe, report: Diagnosis) -> bool:
     if not ok:
         _verdict(report)
     return ok
+
+
+def _classification(
+    rows: dict[str, list[Example]], tokenizer, recipe: Recipe, report: Diagnosis
+) -> None:
+    """Labels per split (a label only in val or test cannot be learnt) and text lengths."""
+    names = label_map(rows["train"], recipe.data.labels)
+    for split, examples in rows.items():
+        counts = Counter(e.label for e in examples)
+        shown = ", ".join(f"{label} {counts.get(label, 0)}" for label in names)
+        report.say(f"  labels in {split}: {shown}")
+        unknown = sorted(set(counts) - set(names))
+        if unknown:
+            report.warnings.append(f"{split} has labels train lacks: {unknown} (not scored)")
+    train = [[0] * len(tokenizer(e.text)["input_ids"]) for e in rows["train"]]
+    tokenized = {"train": [TokenizedExample(ids, [0] * len(ids)) for ids in train]}
+    _lengths(tokenized, recipe, report)
 
 
 def _duplicates(examples: list[Example], report: Diagnosis) -> None:
