@@ -115,3 +115,30 @@ def test_max_rows_samples_the_training_file_and_says_so(tmp_path):
     assert sum(len(rows) for rows in prepared.parts.values()) == 30
     (sample,) = [s for s in prepared.steps if s.step == "max_rows"]
     assert sample.removed == 70
+
+
+def test_eval_scores_a_classification_run_against_the_majority_baseline(
+    tmp_path, tiny_encoder, capsys
+):
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(160))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_encoder,
+        data,
+        task="classification",
+        method={"name": "lora"},
+        train={"max_steps": 40, "batch_size": 16, "lr": 5e-3, "eval_every": 40},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "majority (" in out
+    result = json.loads((run / "eval.json").read_text())
+    assert result["systems"]["tuned"]["accuracy"] >= 0.9
+    assert set(result["per_label"]) == {"neg", "pos"}
+    assert sum(map(sum, result["confusion"]["matrix"])) == result["rows"]
+    assert "<h2>Per label</h2>" in (run / "report.html").read_text()
+    assert main(["generate", str(run), "--prompt", "hi"]) == 2
+    assert "does not generate text" in capsys.readouterr().err

@@ -205,11 +205,14 @@ def _eval(args: argparse.Namespace) -> None:
     systems = result["systems"]
     keys = sorted({k for metrics in systems.values() for k in metrics})
     print(f"{result['rows']} rows from {result['data']}")
-    print(f"{'metric':<16}" + "".join(f"{name:>12}" for name in systems))
+    widths = {name: max(12, len(name) + 2) for name in systems}
+    print(f"{'metric':<16}" + "".join(f"{name:>{widths[name]}}" for name in systems))
     for key in keys:
-        print(
-            f"{key:<16}" + "".join(f"{systems[n].get(key, float('nan')):>12.4f}" for n in systems)
+        cells = (
+            f"{systems[n][key]:>{widths[n]}.4f}" if key in systems[n] else f"{'-':>{widths[n]}}"
+            for n in systems
         )
+        print(f"{key:<16}" + "".join(cells))
 
 
 def _generate(args: argparse.Namespace) -> None:

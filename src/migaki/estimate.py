@@ -34,6 +34,8 @@ def estimate(
     seconds_per_epoch, total_seconds, cost (None without a price)."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_path, overrides)
+    if recipe.task != "sft":
+        raise UserError(f"task: migaki estimate measures task sft only so far, not {recipe.task}")
     steps = steps or recipe.estimate.steps
     price = price_per_hour if price_per_hour is not None else recipe.estimate.price_per_hour
     tokens, labelled, rows = _count_tokens(recipe)

@@ -31,6 +31,11 @@ def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
     With `tuned=False` a run gives its base model, rendered the same way."""
     path = Path(target)
     recipe = load_run_recipe(path) if (path / "recipe.yaml").is_file() else None
+    if recipe is not None and recipe.task != "sft":
+        raise UserError(
+            f"{path}: a {recipe.task} run does not generate text; "
+            f"`migaki eval {path} --data FILE` scores it"
+        )
     base_name = recipe.model.base if recipe else str(target)
     source = models.resolve(base_name)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)

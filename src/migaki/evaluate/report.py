@@ -16,6 +16,7 @@ from migaki.data import Example, read_records, to_examples, tokenize_all
 from migaki.data.batches import collate
 from migaki.errors import UserError
 from migaki.evaluate.generation import LoadedModel, _autocast, generate_answers, load_for_inference
+from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluate_rows, summarize
 from migaki.train.objectives import causal_lm_loss
 
@@ -37,6 +38,10 @@ def evaluate(
     for a run, writes eval.json and report.html into it."""
     target_path = Path(target)
     is_run = (target_path / "recipe.yaml").is_file()
+    if is_run and (recipe := load_run_recipe(target_path)).task == "classification":
+        from migaki.evaluate.classification import evaluate_classifier
+
+        return evaluate_classifier(target_path, recipe, data, limit)
     examples = _examples(target_path, data, is_run)[:limit]
     systems: dict[str, dict[str, Any]] = {}
     answers: dict[str, list[tuple[str, bool]]] = {}

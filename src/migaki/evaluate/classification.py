@@ -1,0 +1,172 @@
+"""Evaluating a classification run: accuracy, macro F1, per-label precision/recall/F1, the
+confusion matrix, the most confident mistakes, and the majority-class baseline (what a model
+that always answers the most common training label would score: the honest floor)."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from migaki import models
+from migaki.config import Recipe
+from migaki.data.classify import collate_classification, tokenize_classification
+from migaki.data.formats import Example, to_examples
+from migaki.data.load import read_records
+from migaki.errors import UserError
+from migaki.train.loop import f1_macro
+
+MISTAKES_SHOWN = 20
+
+
+def evaluate_classifier(
+    run: Path, recipe: Recipe, data: str | Path | None = None, limit: int | None = None
+) -> dict[str, Any]:
+    final = run / "final"
+    labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
+    examples = _examples(run, recipe, data)[:limit]
+    tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
+    model = _load(run, recipe, labels, tokenizer.pad_token_id)
+    rows, report = tokenize_classification(examples, tokenizer, labels, recipe.data.max_length)
+    kept = [e for e in examples if e.label in labels]
+    probabilities = _predict(model, rows, tokenizer.pad_token_id)
+    predicted = probabilities.argmax(dim=-1)
+    truth = torch.tensor([row.label for row in rows])
+    confusion = torch.bincount(truth * len(labels) + predicted, minlength=len(labels) ** 2)
+    confusion = confusion.view(len(labels), len(labels))
+    tuned = {
+        "accuracy": float((predicted == truth).double().mean()),
+        "f1_macro": f1_macro(confusion),
+    }
+    majority = _majority_label(run, labels)
+    baseline = {"accuracy": float((truth == labels.index(majority)).double().mean())}
+    result = {
+        "target": str(run),
+        "task": "classification",
+        "data": str(data) if data else "test split",
+        "rows": len(rows),
+        "skipped": dict(report.dropped),
+        "systems": {"tuned": tuned, f"majority ({majority})": baseline},
+        "per_label": _per_label(confusion, labels),
+        "confusion": {"labels": labels, "matrix": confusion.tolist()},
+        "mistakes": _mistakes(kept, truth, predicted, probabilities, labels),
+    }
+    (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    (run / "report.html").write_text(render_html(result), encoding="utf-8")
+    return result
+
+
+def _examples(run: Path, recipe: Recipe, data: str | Path | None) -> list[Example]:
+    path = Path(data) if data else run / "data" / "test.jsonl"
+    if data is None and (not path.is_file() or not path.read_text().strip()):
+        raise UserError(f"{run}: the run has no test split; give --data FILE")
+    columns = recipe.data.columns if data else None
+    records = read_records(path, columns)
+    examples = [e for e in to_examples(records, "auto", recipe.data.label_column) if e.label]
+    if not examples:
+        raise UserError(f"{path}: no labelled rows (text and {recipe.data.label_column})")
+    return examples
+
+
+def _load(run: Path, recipe: Recipe, labels: list[str], pad_token_id: int):
+    final = run / "final"
+    if recipe.method.name == "lora":
+        from peft import PeftModel
+
+        source = models.resolve(recipe.model.base)
+        base = models.load_sequence_classifier(
+            source, labels, pad_token_id, recipe.model.trust_remote_code
+        )
+        model = PeftModel.from_pretrained(base, str(final))
+    else:
+        source = models.ModelSource("final", final, "local")
+        model = models.load_sequence_classifier(source, labels, pad_token_id)
+    return model.eval()
+
+
+@torch.no_grad()
+def _predict(model, rows, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = collate_classification(rows[start : start + batch_size], pad_token_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out.append(logits.logits.float().softmax(dim=-1))
+    return torch.cat(out)
+
+
+def _majority_label(run: Path, labels: list[str]) -> str:
+    train = run / "data" / "train.jsonl"
+    lines = train.read_text(encoding="utf-8").splitlines() if train.is_file() else []
+    counts = Counter(str(json.loads(line).get("label")) for line in lines if line.strip())
+    known = [(counts.get(label, 0), label) for label in labels]
+    return max(known)[1]
+
+
+def _per_label(confusion: torch.Tensor, labels: list[str]) -> dict[str, dict[str, float]]:
+    out = {}
+    for i, label in enumerate(labels):
+        hits = float(confusion[i, i])
+        predicted, actual = float(confusion[:, i].sum()), float(confusion[i].sum())
+        precision = hits / predicted if predicted else 0.0
+        recall = hits / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out[label] = {"precision": precision, "recall": recall, "f1": f1, "support": int(actual)}
+    return out
+
+
+def _mistakes(examples, truth, predicted, probabilities, labels) -> list[dict[str, Any]]:
+    """The wrong answers the model was most sure of: where to look first."""
+    wrong = (predicted != truth).nonzero().flatten().tolist()
+    wrong.sort(key=lambda i: -float(probabilities[i, predicted[i]]))
+    return [
+        {
+            "line": examples[i].line,
+            "text": examples[i].text,
+            "label": labels[int(truth[i])],
+            "predicted": labels[int(predicted[i])],
+            "confidence": round(float(probabilities[i, predicted[i]]), 4),
+        }
+        for i in wrong[:MISTAKES_SHOWN]
+    ]
+
+
+def render_html(result: dict[str, Any]) -> str:
+    esc = html.escape
+    systems = "".join(
+        f"<tr><td>{esc(name)}</td><td>{m['accuracy']:.4f}</td>"
+        f"<td>{m.get('f1_macro', float('nan')):.4f}</td></tr>"
+        for name, m in result["systems"].items()
+    )
+    per_label = "".join(
+        f"<tr><td>{esc(label)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
+        f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
+        for label, m in result["per_label"].items()
+    )
+    labels = result["confusion"]["labels"]
+    head = "".join(f"<th>{esc(label)}</th>" for label in labels)
+    matrix = "".join(
+        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>"
+        for label, row in zip(labels, result["confusion"]["matrix"], strict=True)
+    )
+    mistakes = "".join(
+        f"<tr><td>{m['line']}</td><td>{esc(m['text'])}</td><td>{esc(m['label'])}</td>"
+        f"<td>{esc(m['predicted'])}</td><td>{m['confidence']:.3f}</td></tr>"
+        for m in result["mistakes"]
+    )
+    return (
+        "<!doctype html><meta charset='utf-8'><title>migaki evaluation</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px}"
+        "table{border-collapse:collapse;margin-bottom:1.5em}</style>"
+        f"<h1>Evaluation of {esc(result['target'])}</h1>"
+        f"<p>{result['rows']} rows from {esc(result['data'])}</p>"
+        f"<table><tr><th>system</th><th>accuracy</th><th>F1 (macro)</th></tr>{systems}</table>"
+        "<h2>Per label</h2><table><tr><th>label</th><th>precision</th><th>recall</th>"
+        f"<th>F1</th><th>rows</th></tr>{per_label}</table>"
+        f"<h2>Confusion (rows: true, columns: predicted)</h2><table><tr><th></th>{head}</tr>"
+        f"{matrix}</table><h2>Most confident mistakes</h2><table><tr><th>line</th><th>text</th>"
+        f"<th>label</th><th>predicted</th><th>confidence</th></tr>{mistakes}</table>"
+    )
