@@ -1,5 +1,6 @@
 """Every shipped recipe loads and trains a step (on the tiny model), so examples never rot."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,13 @@ def small_copies(path: Path, tmp_path: Path) -> list[str]:
     """Benchmark recipes read ../shared/data, which tests must not need: point their data
     at a few rows of the same layout."""
     recipe = load_recipe(path)
+    if recipe.task == "dpo":
+        rows = [
+            {"prompt": f"Question {i}?", "chosen": f"Answer {i}.", "rejected": "No idea."}
+            for i in range(24)
+        ]
+        (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return [f"data.train={tmp_path / 'pairs.jsonl'}"]
     if recipe.task != "classification":
         return []
     words = {"train": ("good kettle", "bad fan"), "val": ("great toaster", "awful lamp")}

@@ -129,7 +129,14 @@ class AugmentConfig(Section):
 
 
 DataFormat = Literal[
-    "auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "classification"
+    "auto",
+    "messages",
+    "alpaca",
+    "sharegpt",
+    "prompt_completion",
+    "text",
+    "classification",
+    "preference",
 ]
 
 
@@ -218,6 +225,11 @@ class MethodConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora: 4-bit data type.")
 
 
+class PreferenceConfig(Section):
+    beta: float = Field(0.1, gt=0.0, description="DPO: strength of the pull to the reference.")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss.")
+
+
 class EarlyStopping(Section):
     patience: int = Field(ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease that counts.")
@@ -294,12 +306,13 @@ class EstimateConfig(Section):
 class Recipe(Section):
     name: str | None = Field(None, description="Run name; the run goes to runs/NAME-TIME.")
     model: ModelConfig
-    task: Literal["sft", "classification"] = Field("sft", description="Objective.")
+    task: Literal["sft", "classification", "dpo"] = Field("sft", description="Objective.")
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
@@ -307,6 +320,11 @@ class Recipe(Section):
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                 f"train.grad_accum ({self.train.grad_accum})"
+            )
+        if self.task == "dpo" and self.method.name not in ("lora", "dora", "qlora", "ia3"):
+            raise ValueError(
+                f"method.name: task dpo uses the base without the adapter as its reference, so "
+                f"it needs lora, dora, qlora or ia3 (not {self.method.name})"
             )
         return self
 

@@ -8,6 +8,7 @@ with a label). Every problem is a DataError with a `kind`, so a validator can co
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -51,6 +52,8 @@ class Example:
 
 def detect_format(fields: dict[str, Any], label_column: str = "label") -> str | None:
     """The format a row's keys indicate, or None."""
+    if "chosen" in fields and "rejected" in fields:
+        return "preference"
     if "messages" in fields:
         return "messages"
     if "conversations" in fields:
@@ -100,6 +103,8 @@ def convert_records(
 def convert(record: Record, fmt: str, label_column: str = "label") -> Example:
     if fmt == "classification":
         return _classification(record, label_column)
+    if fmt == "preference":
+        return _preference(record)
     return CONVERTERS[fmt](record)
 
 
@@ -148,6 +153,8 @@ def text_paths(fields: dict[str, Any], fmt: str) -> list[TextPath]:
         return [("prompt",), ("completion",)]
     if fmt == "classification":
         return [(next(k for k in CLASSIFICATION_TEXT_KEYS if k in fields),)]
+    if fmt == "preference":
+        return [(k,) for k in ("prompt", "chosen", "rejected") if isinstance(fields.get(k), str)]
     return [("text",)]
 
 
@@ -164,6 +171,52 @@ def with_text(fields: dict[str, Any], path: TextPath, text: str) -> dict[str, An
     copy = dict(fields) if isinstance(fields, dict) else list(fields)
     copy[head] = with_text(fields[head], tuple(rest), text) if rest else text
     return copy
+
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _preference(record: Record) -> Example:
+    """A prompt with a chosen and a rejected answer. Either `prompt`, `chosen`, `rejected`
+    texts, or Anthropic HH-style rows: `chosen` and `rejected` are whole dialogues
+    ("\n\nHuman: ... \n\nAssistant: ...") that share everything but the last answer.
+    The example's messages end with the chosen answer; the rejected one is `meta["rejected"]`."""
+    fail = _failer(record)
+    chosen, rejected = record.fields.get("chosen"), record.fields.get("rejected")
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        fail("'chosen' and 'rejected' must be texts", "wrong_type")
+    prompt = record.fields.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            fail("'prompt' must be a non-empty text", "empty_field")
+        messages, chosen_answer, rejected_answer = (
+            [{"role": "user", "content": prompt}],
+            chosen,
+            rejected,
+        )
+    else:
+        messages, chosen_answer = _hh_dialogue(chosen, fail)
+        rejected_prompt, rejected_answer = _hh_dialogue(rejected, fail)
+        if rejected_prompt != messages:
+            fail("chosen and rejected dialogues differ before their last answer", "bad_preference")
+    if not chosen_answer.strip() or not rejected_answer.strip():
+        fail("the chosen or the rejected answer is empty", "empty_field")
+    meta = _meta(record, "prompt", "chosen", "rejected") | {"rejected": rejected_answer}
+    messages = [*messages, {"role": "assistant", "content": chosen_answer}]
+    return Example(record.source, record.line, messages=messages, meta=meta)
+
+
+def _hh_dialogue(text: str, fail: Fail) -> tuple[list[dict[str, str]], str]:
+    """The turns before the last assistant answer, and that answer."""
+    parts = HH_TURN.split(text)
+    if len(parts) < 5 or parts[-2] != "Assistant":
+        fail("expected an HH-style dialogue ending with an Assistant turn", "bad_preference")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    turns = [
+        {"role": roles[speaker], "content": content.strip()}
+        for speaker, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
+    return turns[:-1], turns[-1]["content"]
 
 
 def _classification(record: Record, label_column: str) -> Example:
@@ -294,4 +347,4 @@ CONVERTERS: dict[str, Callable[[Record], Example]] = {
     "prompt_completion": _prompt_completion,
     "text": _text,
 }
-FORMATS = (*CONVERTERS, "classification")
+FORMATS = (*CONVERTERS, "classification", "preference")

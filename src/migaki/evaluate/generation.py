@@ -31,7 +31,7 @@ def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
     With `tuned=False` a run gives its base model, rendered the same way."""
     path = Path(target)
     recipe = load_run_recipe(path) if (path / "recipe.yaml").is_file() else None
-    if recipe is not None and recipe.task != "sft":
+    if recipe is not None and recipe.task == "classification":
         raise UserError(
             f"{path}: a {recipe.task} run does not generate text; "
             f"`migaki eval {path} --data FILE` scores it"

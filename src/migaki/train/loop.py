@@ -101,7 +101,7 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        step_loss, step_tokens = _forward_backward(
+        step_loss, step_tokens, step_extras = _forward_backward(
             model, accelerator, train_rows, indices, cfg.grad_accum, collate_fn
         )
         mean_loss = step_loss / step_tokens
@@ -130,6 +130,7 @@ def fit(
                 grad_norm=grad_norm,
                 tokens_per_s=round(tokens_per_s, 1),
                 tokens_seen=state.tokens_seen,
+                **preference_metrics(step_extras, step_extras.get("correct", 0), step_tokens),
             )
 
         is_last = state.step == plan.total_steps
@@ -178,6 +179,7 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
     share = indices[rank::world]
     micro_batches = [share[i::grad_accum] for i in range(grad_accum)]
     local_loss = torch.zeros((), device=accelerator.device)
+    extras: dict[str, float] = {}
     for number, micro in enumerate(micro_batches):
         if not micro and world == 1:
             continue  # an epoch's last batch can be shorter than grad_accum
@@ -195,8 +197,19 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
             accelerator.backward(parts.loss_sum * weight)
         if micro:
             local_loss += parts.loss_sum.detach()
+            for key, value in (parts.extras or {}).items():
+                extras[key] = extras.get(key, 0.0) + value
+            if parts.extras is not None:
+                extras["correct"] = extras.get("correct", 0.0) + parts.correct
     step_loss = accelerator.reduce(local_loss, "sum") if world > 1 else local_loss
-    return step_loss.item(), step_tokens
+    if extras and world > 1:
+        keys = sorted(extras)
+        summed = accelerator.reduce(
+            torch.tensor([extras[k] for k in keys], device=accelerator.device, dtype=torch.float64),
+            "sum",
+        )
+        extras = dict(zip(keys, summed.tolist(), strict=True))
+    return step_loss.item(), step_tokens, extras
 
 
 def _validate(
@@ -216,14 +229,13 @@ def _validate(
         accelerator.autocast,
     )
     if accelerator.num_processes > 1:
+        keys = sorted(k for k in sums if k != "confusion")
         totals = torch.tensor(
-            [sums["loss_sum"], sums["tokens"], sums["correct"]],
-            device=accelerator.device,
-            dtype=torch.float64,
+            [sums[k] for k in keys], device=accelerator.device, dtype=torch.float64
         )
         totals = accelerator.reduce(totals, "sum").tolist()
         confusion = sums.get("confusion")
-        sums = dict(zip(("loss_sum", "tokens", "correct"), totals, strict=True))
+        sums = dict(zip(keys, totals, strict=True))
         if confusion is not None:
             sums["confusion"] = accelerator.reduce(confusion.to(accelerator.device), "sum").cpu()
     result = summarize(sums)
@@ -264,6 +276,7 @@ def evaluate_rows(
 ) -> dict[str, float]:
     """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
     loss_sum, tokens, correct, confusion = 0.0, 0, 0, None
+    extras: dict[str, float] = {}
     for start in range(0, len(rows), batch_size):
         batch = _to_device(collate_fn(rows[start : start + batch_size]), device)
         with autocast():
@@ -273,7 +286,10 @@ def evaluate_rows(
         correct += parts.correct
         if parts.confusion is not None:
             confusion = parts.confusion if confusion is None else confusion + parts.confusion
+        for key, value in (parts.extras or {}).items():
+            extras[key] = extras.get(key, 0.0) + value
     sums = {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
+    sums |= {f"extra_{key}": value for key, value in extras.items()}
     return sums | ({"confusion": confusion} if confusion is not None else {})
 
 
@@ -282,6 +298,9 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
     confusion matrix is present) loss, accuracy and macro F1 over the rows."""
     tokens = int(sums["tokens"])
     loss = sums["loss_sum"] / max(tokens, 1)
+    extras = {k[len("extra_") :]: v for k, v in sums.items() if k.startswith("extra_")}
+    if extras:
+        return {"loss": loss, **preference_metrics(extras, sums["correct"], tokens)}
     if sums.get("confusion") is not None:
         return {
             "loss": loss,
@@ -294,6 +313,22 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
         "perplexity": math.exp(min(loss, 50.0)),
         "token_accuracy": sums["correct"] / max(tokens, 1),
         "tokens": tokens,
+    }
+
+
+def preference_metrics(extras: dict[str, float], correct: float, pairs: int) -> dict[str, float]:
+    """Mean implicit rewards, their margin and the share of pairs ranked right; {} for
+    objectives that are not preference objectives."""
+    if "reward_chosen" not in extras:
+        return {}
+    chosen = extras["reward_chosen"] / max(pairs, 1)
+    rejected = extras["reward_rejected"] / max(pairs, 1)
+    return {
+        "reward_chosen": chosen,
+        "reward_rejected": rejected,
+        "reward_margin": chosen - rejected,
+        "pref_accuracy": correct / max(pairs, 1),
+        "pairs": pairs,
     }
 
 

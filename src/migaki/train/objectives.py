@@ -21,6 +21,7 @@ class LossParts:
     tokens: int  # labelled tokens in the batch
     correct: int  # labelled tokens whose argmax prediction is right
     confusion: torch.Tensor | None = None  # classification: (true, predicted) counts
+    extras: dict[str, float] | None = None  # preference: summed rewards, logged per pair
 
 
 def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096) -> LossParts:
@@ -110,6 +111,49 @@ class ClassificationLoss(torch.nn.Module):
 
     def forward(self, **batch: torch.Tensor) -> LossParts:
         return classification_loss(self.model, batch)
+
+
+class DPOLoss(torch.nn.Module):
+    """Direct preference optimization on batches of [chosen..., rejected...] sequences.
+
+    The reference model is the same network with its adapter switched off (PEFT's
+    `disable_adapter`), so no second copy of the weights is held in memory."""
+
+    def __init__(self, model: torch.nn.Module, beta: float, loss_type: str) -> None:
+        super().__init__()
+        self.model, self.beta, self.loss_type = model, beta, loss_type
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        from migaki.train.preference import dpo_loss
+
+        policy = self._logps(batch)
+        with torch.no_grad(), self.model.disable_adapter():
+            reference = self._logps(batch)
+        pairs = len(policy) // 2
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1)
+        stats = dpo_loss(
+            policy[:pairs],
+            policy[pairs:],
+            reference[:pairs],
+            reference[pairs:],
+            beta=self.beta,
+            loss_type=self.loss_type,
+            chosen_tokens=tokens[:pairs],
+            rejected_tokens=tokens[pairs:],
+        )
+        extras = {
+            "reward_chosen": stats.reward_chosen_sum,
+            "reward_rejected": stats.reward_rejected_sum,
+        }
+        return LossParts(stats.loss_sum, stats.pairs, stats.correct, extras=extras)
+
+    def _logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        from migaki.train.preference import sequence_logps
+
+        logits = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        return sequence_logps(logits, batch["labels"])
 
 
 class CausalLMLoss(torch.nn.Module):

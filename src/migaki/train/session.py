@@ -28,6 +28,7 @@ from migaki.data.classify import (
     tokenize_classification,
 )
 from migaki.data.packing import collate_packed
+from migaki.data.pairs import collate_pairs, tokenize_pairs
 from migaki.errors import UserError
 from migaki.methods import (
     PROMPT_LEARNING,
@@ -45,7 +46,7 @@ from migaki.train.checkpoint import (
     read_state,
 )
 from migaki.train.loop import StepPlan, fit
-from migaki.train.objectives import CausalLMLoss, ClassificationLoss, decoder
+from migaki.train.objectives import CausalLMLoss, ClassificationLoss, DPOLoss, decoder
 from migaki.train.precision import choose_precision
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
@@ -88,7 +89,12 @@ def train(
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    loss_module = ClassificationLoss(model) if classify else CausalLMLoss(model)
+    if classify:
+        loss_module = ClassificationLoss(model)
+    elif recipe.task == "dpo":
+        loss_module = DPOLoss(model, recipe.preference.beta, recipe.preference.loss_type)
+    else:
+        loss_module = CausalLMLoss(model)
     objective, optimizer = accelerator.prepare(loss_module, optimizer)
     # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
     # process draws its own dropout masks, so checkpoints keep one random state per process.
@@ -220,6 +226,8 @@ def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
     """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
     if recipe.task == "classification":
         return partial(collate_classification, pad_token_id=pad_token_id)
+    if recipe.task == "dpo":
+        return partial(collate_pairs, pad_token_id=pad_token_id)
     packing = recipe.data.packing
     if recipe.method.name in PROMPT_LEARNING:
         if packing is True:
@@ -244,6 +252,8 @@ def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None
     """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
     if labels is not None:
         return _classification_rows(splits, tokenizer, recipe, labels)
+    if recipe.task == "dpo":
+        return _pair_rows(splits, tokenizer, recipe)
     if recipe.task == "sft" and any(e.label is not None for e in splits.train[:1]):
         raise UserError(
             f"{recipe.data.train}: rows are classification rows (a text and a label); task sft "
@@ -257,6 +267,25 @@ def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None
             log.info("data %s: %s", split_name, report.summary())
     if not rows["train"]:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
+    return rows
+
+
+def _pair_rows(splits, tokenizer, recipe: Recipe) -> dict:
+    rows = {}
+    for split_name in ("train", "val", "test"):
+        examples = getattr(splits, split_name)
+        if any("rejected" not in e.meta for e in examples[:1]):
+            raise UserError(f"{recipe.data.train}: task dpo needs chosen/rejected rows")
+        rows[split_name], report = tokenize_pairs(
+            examples,
+            tokenizer,
+            max_length=recipe.data.max_length,
+            system_prompt=recipe.data.system_prompt,
+        )
+        if examples:
+            log.info("data %s pairs: %s", split_name, report.summary())
+    if not rows["train"]:
+        raise UserError(f"{recipe.data.train}: no training pair left")
     return rows
 
 
