@@ -147,7 +147,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _length_check(recipe, data, max_length: int | None):
     from migaki import models
-    from migaki.data.tokenize import tokenize_example
+    from migaki.data.tokenize import rendered_length
 
     if recipe is None:
         raise UserError("--max-length needs a tokenizer: give --recipe")
@@ -156,13 +156,7 @@ def _length_check(recipe, data, max_length: int | None):
     )
 
     def count(example) -> int:
-        tokens = tokenize_example(
-            example,
-            tokenizer,
-            system_prompt=data.system_prompt,
-            train_on_prompt=data.train_on_prompt,
-        )
-        return len(tokens.input_ids)
+        return rendered_length(example, tokenizer, data)
 
     return count, max_length or data.max_length
 

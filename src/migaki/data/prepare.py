@@ -17,7 +17,7 @@ from migaki.data.clean import StepReport, clean_records, row_text
 from migaki.data.formats import Example, convert
 from migaki.data.load import Record, file_hash
 from migaki.data.split import split_indices
-from migaki.data.tokenize import tokenize_example
+from migaki.data.tokenize import rendered_length
 from migaki.data.validate import label_of, validate_for
 from migaki.errors import UserError
 
@@ -148,14 +148,7 @@ def _token_counter(tokenizer, data: DataConfig, fmt: str) -> Callable[[Record], 
         return None
 
     def count(record: Record) -> int:
-        example = convert(record, fmt, data.label_column)
-        tokens = tokenize_example(
-            example,
-            tokenizer,
-            system_prompt=data.system_prompt,
-            train_on_prompt=data.train_on_prompt,
-        )
-        return len(tokens.input_ids)
+        return rendered_length(convert(record, fmt, data.label_column), tokenizer, data)
 
     return count
 

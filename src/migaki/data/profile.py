@@ -17,7 +17,7 @@ import numpy as np
 from migaki.config import CleanConfig, DataConfig, PiiConfig
 from migaki.data.clean import StepReport, clean_records, row_text
 from migaki.data.heuristics import language_of
-from migaki.data.tokenize import tokenize_example
+from migaki.data.tokenize import rendered_length
 from migaki.data.validate import label_of, validate_for
 
 ERROR_EXAMPLES = 20
@@ -47,7 +47,7 @@ def profile_file(
         "languages": dict(Counter(language_of(t) for t in texts).most_common()),
     }
     if tokenizer is not None and examples:
-        lengths = [_tokens(example, tokenizer, data) for example in examples]
+        lengths = [rendered_length(example, tokenizer, data) for example in examples]
         summary = length_summary(lengths)
         summary |= {
             "tokenizer": tokenizer_name,
@@ -87,13 +87,6 @@ def _errors(problems: list) -> dict[str, Any]:
             {"line": p.line, "kind": p.kind, "message": str(p)} for p in problems[:ERROR_EXAMPLES]
         ],
     }
-
-
-def _tokens(example, tokenizer, data: DataConfig) -> int:
-    tokens = tokenize_example(
-        example, tokenizer, system_prompt=data.system_prompt, train_on_prompt=data.train_on_prompt
-    )
-    return len(tokens.input_ids)
 
 
 def _labels(examples: list, label_column: str) -> dict[str, Any] | None:

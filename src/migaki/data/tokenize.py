@@ -84,6 +84,14 @@ def tokenize_example(
     return TokenizedExample(ids, labels)
 
 
+def rendered_length(example: Example, tokenizer, data) -> int:
+    """Tokens of a row as the recipe's data section renders it (no truncation)."""
+    tokens = tokenize_example(
+        example, tokenizer, system_prompt=data.system_prompt, train_on_prompt=data.train_on_prompt
+    )
+    return len(tokens.input_ids)
+
+
 def _render_with_spans(
     example: Example, tokenizer, messages: list[dict[str, str]]
 ) -> tuple[str, list[tuple[int, int]]]:
