@@ -10,6 +10,7 @@ from conftest import write_jsonl, write_recipe
 from migaki.cli import main
 from migaki.testing import build_tiny_encoder
 from migaki.train.loop import f1_macro
+from migaki.train.tracking import read_metrics
 
 
 def sentiment_rows(count):
@@ -28,8 +29,7 @@ def tiny_encoder(tmp_path_factory):
 
 
 def val_metrics(run):
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [m for m in map(json.loads, lines) if m.get("split") == "val"]
+    return [m for m in read_metrics(run) if m.get("split") == "val"]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "head"])

@@ -2,8 +2,6 @@
 reference is the base with the adapter disabled; rewards and preference accuracy are logged
 on training and validation rows."""
 
-import json
-
 from conftest import write_jsonl, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -11,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from migaki.cli import main
 from migaki.data.formats import to_examples
 from migaki.data.load import Record
+from migaki.train.tracking import read_metrics
 
 
 def pairs(count):
@@ -47,7 +46,7 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, tiny_model, capsys):
     )
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(run)
     val = [m for m in metrics if m.get("split") == "val"]
     train = [m for m in metrics if m.get("split") == "train"]
     assert [m["step"] for m in val] == [0, 30]

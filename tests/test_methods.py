@@ -17,6 +17,7 @@ from migaki.data.tokenize import tokenize_example
 from migaki.evaluate.generation import generate_answers, load_for_inference
 from migaki.methods import apply_method
 from migaki.train.objectives import causal_lm_loss
+from migaki.train.tracking import read_metrics
 
 PEFT_METHODS = ["lora", "dora", "qlora", "ia3", "prefix", "prompt"]
 ALL_METHODS = ["full", "freeze", *PEFT_METHODS, "adapter"]
@@ -120,11 +121,7 @@ def test_qlora_trains_on_cpu_and_its_adapter_reloads(tmp_path, tiny_model, capsy
     )
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 0
-    losses = [
-        m["loss"]
-        for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-        if m.get("split") == "train"
-    ]
+    losses = [m["loss"] for m in read_metrics(run) if m.get("split") == "train"]
     assert losses[-1] < losses[0]
     assert (run / "final" / "adapter_model.safetensors").is_file()
     PeftModel.from_pretrained(base_model(tiny_model), str(run / "final"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from migaki import __version__
 from migaki.cli_data import add_data_command
+from migaki.cli_parsing import add_command
 from migaki.errors import UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -64,15 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=f"example:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawTextHelpFormatter,
-        )
-        _verbose_flag(sub)
-        return sub
+        return add_command(commands, name, summary, EXAMPLES[name])
 
     quick = command(
         "quickstart",
@@ -131,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--json", dest="json_path", help="also write the figures to this file")
     est.set_defaults(handler=_estimate)
 
-    add_data_command(commands, _verbose_flag)
+    add_data_command(commands)
 
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
     mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")
@@ -140,10 +133,6 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("--force", action="store_true", help="pull again even if cached")
     mod.set_defaults(handler=_models)
     return parser
-
-
-def _verbose_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")
 
 
 def _overrides_argument(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from migaki.cli_parsing import add_command
 from migaki.errors import UserError
 
 EXAMPLES = {
@@ -19,7 +20,7 @@ EXAMPLES = {
 FORMATS = ["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "classification"]
 
 
-def add_data_command(commands, verbose_flag) -> None:
+def add_data_command(commands) -> None:
     """Register `migaki data ...` on the top-level subparsers."""
     data = commands.add_parser(
         "data",
@@ -29,15 +30,7 @@ def add_data_command(commands, verbose_flag) -> None:
     actions = data.add_subparsers(title="actions", metavar="ACTION")
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(
-            name,
-            help=summary,
-            description=summary,
-            epilog=f"example:\n  {EXAMPLES[name]}",
-            formatter_class=argparse.RawTextHelpFormatter,
-        )
-        verbose_flag(sub)
-        return sub
+        return add_command(actions, name, summary, EXAMPLES[name])
 
     validate = action("validate", "Check every row of a data file; list each problem as FILE:LINE.")
     validate.add_argument("file", help="data file (jsonl, json, csv, tsv, parquet)")
