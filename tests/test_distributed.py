@@ -109,3 +109,24 @@ def test_two_process_resume_restores_every_process_dropout_stream(tmp_path, tiny
     expected, got = losses(whole), losses(resumed)
     assert sorted(got) == list(range(1, 13))
     assert all(abs(expected[s] - got[s]) < 1e-6 for s in range(7, 13)), (expected, got)
+
+
+def test_uneven_validation_shares_do_not_hang(tmp_path, tiny_model):
+    """One validation row for two processes: one of them validates nothing. The wrapped
+    model's forward would wait for the other process in a collective and never return."""
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(24))
+    val = write_jsonl(tmp_path / "val.jsonl", qa_rows(1))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        data={"val": str(val), "split": {"val": 0.0, "test": 0.0}},
+        train={"max_steps": 4, "batch_size": 4, "eval_every": 2},
+    )
+    result = launch("torchrun", recipe, tmp_path / "two")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(tmp_path / "two") if m.get("split") == "val"] == [
+        0,
+        2,
+        4,
+    ]

@@ -202,13 +202,10 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
             if parts.extras is not None:
                 extras["correct"] = extras.get("correct", 0.0) + parts.correct
     step_loss = accelerator.reduce(local_loss, "sum") if world > 1 else local_loss
-    if extras and world > 1:
-        keys = sorted(extras)
-        summed = accelerator.reduce(
-            torch.tensor([extras[k] for k in keys], device=accelerator.device, dtype=torch.float64),
-            "sum",
-        )
-        extras = dict(zip(keys, summed.tolist(), strict=True))
+    # Every process ran the same objective, so all of them agree on whether it has extras; a
+    # process with an empty share has none to add, hence objects rather than a fixed tensor.
+    if world > 1 and parts.extras is not None:
+        extras = _add_sums(gather_object([extras]))
     return step_loss.item(), step_tokens, extras
 
 
@@ -220,8 +217,11 @@ def _validate(
     takes the same decision."""
     model.eval()
     share = val_rows[accelerator.process_index :: accelerator.num_processes]
+    # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
+    # broadcasts), which hang when processes hold different numbers of validation batches.
+    bare = accelerator.unwrap_model(model)
     sums = evaluate_rows(
-        lambda batch: model(**batch),
+        lambda batch: bare(**batch),
         share,
         cfg.batch_size // cfg.grad_accum,
         collate_fn,
@@ -229,15 +229,9 @@ def _validate(
         accelerator.autocast,
     )
     if accelerator.num_processes > 1:
-        keys = sorted(k for k in sums if k != "confusion")
-        totals = torch.tensor(
-            [sums[k] for k in keys], device=accelerator.device, dtype=torch.float64
-        )
-        totals = accelerator.reduce(totals, "sum").tolist()
-        confusion = sums.get("confusion")
-        sums = dict(zip(keys, totals, strict=True))
-        if confusion is not None:
-            sums["confusion"] = accelerator.reduce(confusion.to(accelerator.device), "sum").cpu()
+        # Gathered as objects, not one fixed tensor: a process whose share is empty has no
+        # confusion matrix or rewards, and tensors of different sizes would hang the exchange.
+        sums = _add_sums(gather_object([sums]))
     result = summarize(sums)
     metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
@@ -314,6 +308,14 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
         "token_accuracy": sums["correct"] / max(tokens, 1),
         "tokens": tokens,
     }
+
+
+def _add_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = value if key not in total else total[key] + value
+    return total
 
 
 def preference_metrics(extras: dict[str, float], correct: float, pairs: int) -> dict[str, float]:
