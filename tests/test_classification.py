@@ -32,7 +32,7 @@ def val_metrics(run):
     return [m for m in read_metrics(run) if m.get("split") == "val"]
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "head"])
+@pytest.mark.parametrize("method", ["full", "lora", "freeze", "gradual", "head"])
 def test_encoder_classification_learns_and_logs_accuracy_and_f1(
     method, tmp_path, tiny_encoder, capsys
 ):

@@ -2,6 +2,7 @@
 weights it owns, and its final/ loads back (in PEFT where PEFT has the method)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from migaki.train.objectives import causal_lm_loss
 from migaki.train.tracking import read_metrics
 
 PEFT_METHODS = ["lora", "dora", "qlora", "ia3", "prefix", "prompt"]
-ALL_METHODS = ["full", "freeze", *PEFT_METHODS, "adapter"]
+ALL_METHODS = ["full", "freeze", "gradual", *PEFT_METHODS, "adapter"]
 
 
 def batch_of(tokenizer, count=4):
@@ -136,3 +137,62 @@ def test_freeze_refuses_more_layers_than_the_model_has(tiny_model):
         apply_method(
             base_model(tiny_model), MethodConfig(name="freeze", trainable_modules=["nope"])
         )
+
+
+def test_gradual_trains_the_top_first_then_every_layer_at_a_lower_rate(tiny_model, tokenizer):
+    from migaki.methods.gradual import unfreezing
+
+    torch.manual_seed(0)
+    method = MethodConfig(name="gradual", trainable_layers=1, unfreeze_at=2)
+    model = apply_method(base_model(tiny_model), method)
+    schedule = unfreezing(model, method, total_steps=4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any("embed" in n for n in trainable)  # the vocabulary rows stay as they are
+    waiting = {id(p) for p in schedule.waiting}
+    names = {n for n, p in model.named_parameters() if id(p) in waiting}
+    assert names and all(".layers.0." in n for n in names)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = batch_of(tokenizer)
+    snapshots = [{n: p.detach().clone() for n, p in model.named_parameters()}]
+    for step in range(4):
+        parts = causal_lm_loss(model, batch)
+        (parts.loss_sum / parts.tokens).backward()
+        schedule.drop_waiting_gradients(step)
+        optimizer.step()
+        optimizer.zero_grad()
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    def moved(a, b):
+        return {n for n in a if not torch.equal(a[n], b[n])}
+
+    assert moved(snapshots[0], snapshots[2]) == trainable - names  # phase 1: top only
+    assert moved(snapshots[2], snapshots[4]) == trainable  # phase 2: every layer
+    assert [schedule.lr_factor(s) for s in range(4)] == [1.0, 1.0, 0.1, 0.1]
+
+
+def test_gradual_run_records_both_phases_and_resumes_exactly(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(24))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        method={"name": "gradual", "trainable_layers": 1, "unfreeze_at": 0.5},
+        train={"max_steps": 6, "eval_every": 2, "lr": 1e-2, "keep_checkpoints": 10},
+    )
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert main(["train", str(recipe), "--out", str(whole)]) == 0
+    manifest = json.loads((whole / "manifest.json").read_text())
+    assert manifest["trainable_params_phase1"] < manifest["trainable_params"]
+    assert manifest["trainable_params"] < manifest["total_params"]
+    lrs = [m["lr"] for m in read_metrics(whole) if m.get("split") == "train"]
+    assert lrs[3] < lrs[2] * 0.2  # the drop to phase 2's rate, beyond the cosine decay
+
+    # resuming from step 2 (phase 1) runs into phase 2 on the same curve
+    assert main(["train", str(recipe), "--out", str(parts)]) == 0
+    for checkpoint in parts.glob("checkpoints/step-*"):
+        if checkpoint.name != "step-2":
+            shutil.rmtree(checkpoint)
+    assert main(["train", str(recipe), "--out", str(parts), "--resume"]) == 0
+    losses = [m["loss"] for m in read_metrics(whole) if m.get("split") == "train"]
+    resumed = [m["loss"] for m in read_metrics(parts) if m.get("split") == "train"]
+    assert resumed == pytest.approx(losses, abs=1e-6)

@@ -17,7 +17,17 @@ EXAMPLES = {
     "doctor": "migaki data doctor recipe.yaml --samples 3",
     "report": "migaki data report tickets.jsonl -o report.html",
 }
-FORMATS = ["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text", "classification"]
+FORMATS = [
+    "auto",
+    "messages",
+    "alpaca",
+    "sharegpt",
+    "prompt_completion",
+    "text",
+    "classification",
+    "preference",
+    "choice",
+]
 
 
 def add_data_command(commands) -> None:
@@ -175,7 +185,7 @@ def _prepare(args: argparse.Namespace) -> None:
         clean=clean,
         split=args.split != "none",
         tokenizer=tokenizer,
-        skip_invalid=args.skip_invalid,
+        skip_invalid=args.skip_invalid or data.skip_invalid,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

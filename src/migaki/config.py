@@ -137,6 +137,7 @@ DataFormat = Literal[
     "text",
     "classification",
     "preference",
+    "choice",
 ]
 
 
@@ -175,6 +176,11 @@ class DataConfig(Section):
     max_rows: int | None = Field(
         None, ge=1, description="Use a seeded random sample of this many training rows."
     )
+    skip_invalid: bool = Field(
+        False,
+        description="Leave out rows that fail validation (each counted in the data report) "
+        "instead of stopping at the first.",
+    )
     labels: list[str] | None = Field(
         None, description="The allowed labels; a row with another label is an error."
     )
@@ -195,7 +201,17 @@ class DataConfig(Section):
 
 
 MethodName = Literal[
-    "lora", "dora", "qlora", "ia3", "prefix", "prompt", "adapter", "full", "freeze", "head"
+    "lora",
+    "dora",
+    "qlora",
+    "ia3",
+    "prefix",
+    "prompt",
+    "adapter",
+    "full",
+    "freeze",
+    "gradual",
+    "head",
 ]
 
 
@@ -208,10 +224,22 @@ class MethodConfig(Section):
         "all-linear", description="Modules that get LoRA: `all-linear` or a list of names."
     )
     trainable_layers: int = Field(
-        2, ge=0, description="freeze: the top N decoder layers train (and the final norm)."
+        2,
+        ge=0,
+        description="freeze, gradual (phase 1): the top N layers train, with the final norm "
+        "and a classification head.",
     )
     trainable_modules: list[str] = Field(
-        [], description="freeze: also train parameters whose name contains one of these."
+        [], description="freeze, gradual: also train parameters whose name contains one of these."
+    )
+    unfreeze_at: float = Field(
+        0.3,
+        ge=0.0,
+        description="gradual: phase 2 (every layer trains) starts here: a share of all steps "
+        "if below 1, else a step number.",
+    )
+    unfreeze_lr_scale: float = Field(
+        0.1, gt=0.0, le=1.0, description="gradual: phase 2's learning rate, as a share of lr."
     )
     num_virtual_tokens: int = Field(
         20, ge=1, le=512, description="prefix / prompt: learned virtual tokens."

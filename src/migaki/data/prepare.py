@@ -59,7 +59,9 @@ class Splits:
 
 def load_splits(data: DataConfig, seed: int, tokenizer=None) -> Splits:
     """The examples a recipe trains, validates and tests on, after its cleaning and split."""
-    prepared = prepare_data(data, seed, clean=data.clean, tokenizer=tokenizer)
+    prepared = prepare_data(
+        data, seed, clean=data.clean, tokenizer=tokenizer, skip_invalid=data.skip_invalid
+    )
     examples = prepared.examples
     return Splits(
         examples["train"], examples["val"], examples["test"], prepared.hashes, prepared.steps

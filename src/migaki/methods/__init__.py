@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from migaki.errors import UserError
-from migaki.methods import adapter, freeze, full, head, ia3, lora, prompt
+from migaki.methods import adapter, freeze, full, gradual, head, ia3, lora, prompt
 
 METHODS: dict[str, ModuleType] = {
     "lora": lora,
@@ -23,9 +23,10 @@ METHODS: dict[str, ModuleType] = {
     "adapter": adapter,
     "full": full,
     "freeze": freeze,
+    "gradual": gradual,
     "head": head,
 }
-CLASSIFICATION_METHODS = ("full", "lora", "head")
+CLASSIFICATION_METHODS = ("full", "lora", "freeze", "gradual", "head")
 PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
 
 

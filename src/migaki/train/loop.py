@@ -24,6 +24,7 @@ from migaki.config import TrainConfig
 from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
+from migaki.methods.gradual import Unfreezing
 from migaki.train.checkpoint import (
     LoopState,
     latest_checkpoint,
@@ -67,11 +68,13 @@ def fit(
     run_dir: Path,
     metrics: MetricsLog,
     collate_fn: Collate,
+    unfreezing: Unfreezing | None = None,
 ) -> FitResult:
     """Train from `state.step` to `plan.total_steps`; returns the final loop state.
 
     `model` is the prepared loss module (objectives.CausalLMLoss, maybe wrapped for DDP): its
     forward returns LossParts. Every process runs this same function on its share of each step.
+    `unfreezing` (method gradual) scales the learning rate and holds back waiting weights.
     """
     progress = tqdm(
         total=plan.total_steps,
@@ -98,6 +101,8 @@ def fit(
             }
         indices = batches_of_epoch[epoch][position]
         lr = learning_rate(state.step, plan.total_steps, plan.warmup_steps, cfg.lr, cfg.scheduler)
+        if unfreezing is not None:
+            lr *= unfreezing.lr_factor(state.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -107,6 +112,8 @@ def fit(
         mean_loss = step_loss / step_tokens
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, run_dir))
+        if unfreezing is not None:
+            unfreezing.drop_waiting_gradients(state.step)
         grad_norm = None
         if cfg.max_grad_norm is not None:
             grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))

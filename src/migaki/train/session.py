@@ -34,6 +34,7 @@ from migaki.methods import (
     PROMPT_LEARNING,
     apply_method,
     count_parameters,
+    gradual,
     load_trainable,
     save_final,
 )
@@ -100,6 +101,15 @@ def train(
     # process draws its own dropout masks, so checkpoints keep one random state per process.
     set_seed(recipe.train.seed, device_specific=True)
     plan = plan_steps(len(rows["train"]), recipe)
+    unfreezing = None
+    if recipe.method.name == "gradual":
+        unfreezing = gradual.unfreezing(model, recipe.method, plan.total_steps)
+        log.info(
+            "method gradual: %s weights wait for step %d, then train at %.3g x lr",
+            f"{sum(p.numel() for p in unfreezing.waiting):,}",
+            unfreezing.unfreeze_at,
+            unfreezing.lr_scale,
+        )
 
     state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=splits.hashes)
     metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
@@ -130,6 +140,7 @@ def train(
             precision=precision,
             trainable_params=trainable,
             total_params=total,
+            **_phase1_count(trainable, unfreezing),
             plan=plan.__dict__,
             **environment(),
         )
@@ -153,6 +164,7 @@ def train(
             run_dir,
             metrics,
             batch_maker(recipe, tokenizer.pad_token_id, device),
+            unfreezing,
         )
     except BaseException as exc:
         if accelerator.is_main_process:
@@ -180,6 +192,12 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _phase1_count(trainable: int, unfreezing: gradual.Unfreezing | None) -> dict[str, int]:
+    if unfreezing is None:
+        return {}
+    return {"trainable_params_phase1": trainable - sum(p.numel() for p in unfreezing.waiting)}
 
 
 def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
