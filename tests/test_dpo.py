@@ -59,10 +59,105 @@ def test_dpo_learns_to_prefer_the_chosen_answers(tmp_path, tiny_model, capsys):
     PeftModel.from_pretrained(base, str(run / "final"))
 
 
-def test_dpo_refuses_a_method_without_a_switchable_adapter(tmp_path, tiny_model, capsys):
+def test_dpo_refuses_a_method_without_a_reference(tmp_path, tiny_model, capsys):
     data = write_jsonl(tmp_path / "p.jsonl", pairs(8))
     recipe = write_recipe(
-        tmp_path / "r.yaml", tiny_model, data, task="dpo", method={"name": "full"}
+        tmp_path / "r.yaml", tiny_model, data, task="dpo", method={"name": "prefix"}
     )
     assert main(["train", str(recipe)]) == 2
-    assert "task dpo uses the base without the adapter" in capsys.readouterr().err
+    assert "task dpo needs the untrained model as its reference" in capsys.readouterr().err
+
+
+def _pair_batch(tokenizer, count=3):
+    from migaki.data.pairs import collate_pairs, tokenize_pairs
+
+    examples = to_examples([Record("p", i + 1, row) for i, row in enumerate(pairs(count))])
+    rows, _ = tokenize_pairs(examples, tokenizer, max_length=64)
+    return collate_pairs(rows, tokenizer.pad_token_id)
+
+
+def test_labelled_logps_equal_full_logits_in_value_and_gradient(tiny_model, tokenizer):
+    import torch
+
+    from migaki.train.objectives import labelled_logps
+    from migaki.train.preference import sequence_logps
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    batch = _pair_batch(tokenizer)
+    weights = torch.randn(len(batch["input_ids"]))
+    logps, tokens = labelled_logps(model, batch, chunk_rows=7)  # several chunks
+    (logps * weights).sum().backward()
+    chunked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    plain = sequence_logps(logits, batch["labels"])
+    (plain * weights).sum().backward()
+    torch.testing.assert_close(logps, plain, atol=1e-5, rtol=1e-5)
+    assert tokens.tolist() == (batch["labels"][:, 1:] != -100).sum(dim=-1).tolist()
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(chunked[name], parameter.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_reference_log_probs_are_computed_once_per_sequence(tiny_model, tokenizer):
+    import torch
+
+    from migaki.config import MethodConfig
+    from migaki.methods import apply_method
+    from migaki.train.objectives import DPOLoss
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "dpo")
+    loss = DPOLoss(model, beta=0.1, loss_type="sigmoid")
+    batch = _pair_batch(tokenizer)
+    first = loss(**batch)
+    assert len(loss.reference_logps) == len(batch["input_ids"])
+    calls = []
+    model.disable_adapter = lambda: calls.append(1)  # would fail if the reference ran again
+    again = loss(**batch)
+    assert not calls and again.loss_sum.item() == first.loss_sum.item()
+    # the same pairs in another order and padding still hit the cache
+    swapped = _pair_batch(tokenizer, count=2)
+    loss(**swapped)
+    assert not calls
+
+
+def test_long_dialogues_lose_their_earliest_turns_before_any_answer_token(tokenizer):
+    from migaki.data.pairs import tokenize_pairs
+
+    history = "".join(
+        f"\n\nHuman: question {i} {'word ' * 30}\n\nAssistant: answer {i}" for i in range(6)
+    )
+    chosen = f"{history}\n\nHuman: last question?\n\nAssistant: Yes."
+    rejected = chosen.removesuffix("Yes.") + "No."
+    (example,) = to_examples([Record("hh", 1, {"chosen": chosen, "rejected": rejected})])
+    rows, report = tokenize_pairs([example], tokenizer, max_length=60)
+    assert report.truncated == 1 and len(rows) == 1
+    text = tokenizer.decode(rows[0].chosen.input_ids)
+    assert "last question?" in text and "question 0" not in text
+    answer = [
+        t
+        for t, label in zip(rows[0].chosen.input_ids, rows[0].chosen.labels, strict=True)
+        if label >= 0
+    ]
+    assert "Yes." in tokenizer.decode(answer)
+
+
+def test_dpo_with_full_fine_tuning_uses_references_computed_up_front(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "p.jsonl", pairs(32))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        task="dpo",
+        method={"name": "full"},
+        data={"split": {"val": 0.25, "test": 0.0}, "max_length": 64},
+        train={"max_steps": 12, "batch_size": 8, "lr": 1e-3, "eval_every": 12},
+        preference={"beta": 0.5},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    val = [m for m in read_metrics(run) if m.get("split") == "val"]
+    assert val[0]["reward_margin"] == 0.0  # the references are the untrained model's
+    assert val[-1]["reward_margin"] > 0 and val[-1]["pref_accuracy"] >= 0.75

@@ -24,6 +24,16 @@ def small_copies(path: Path, tmp_path: Path) -> list[str]:
         ]
         (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         return [f"data.train={tmp_path / 'pairs.jsonl'}"]
+    if "jcommonsenseqa" in recipe.data.train:
+        questions = [f"Which is {i}?" if i % 2 else f"{i}はどれ？" for i in range(24)]
+        rows = [
+            {"question": q, "choice0": "cat", "choice1": "猫", "choice2": "dog", "label": i % 3}
+            for i, q in enumerate(questions)
+        ]
+        (tmp_path / "choices.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8"
+        )
+        return [f"data.train={tmp_path / 'choices.jsonl'}"]
     if recipe.task != "classification":
         return []
     words = {"train": ("good kettle", "bad fan"), "val": ("great toaster", "awful lamp")}

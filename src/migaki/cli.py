@@ -86,12 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--force", action="store_true", help="resume even if the recipe or data changed"
     )
+    train.add_argument(
+        "--init-from",
+        metavar="RUN_DIR",
+        help="start from an earlier run's final/ (continual learning; sets train.init_from)",
+    )
     train.set_defaults(handler=_train)
 
     ev = command(
         "eval",
         "Evaluate a run or a model: loss, perplexity, token accuracy and "
-        "generated answers; writes eval.json and report.html into a run.",
+        "generated answers (multiple-choice rows: accuracy of the most likely choice); "
+        "writes eval.json and report.html into a run.",
     )
     ev.add_argument("target", help="run directory, or a model (alias, folder, .gguf)")
     ev.add_argument("--data", help="data file (default: the run's test split)")
@@ -162,6 +168,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.resume and not args.out:
         raise UserError("--resume continues an existing run: name it with --out RUN_DIR")
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.init_from:
+        recipe.train.init_from = args.init_from
     run_dir = train(
         recipe,
         out=args.out,
@@ -195,13 +203,18 @@ def _eval(args: argparse.Namespace) -> None:
     keys = sorted({k for metrics in systems.values() for k in metrics})
     print(f"{result['rows']} rows from {result['data']}")
     widths = {name: max(12, len(name) + 2) for name in systems}
-    print(f"{'metric':<16}" + "".join(f"{name:>{widths[name]}}" for name in systems))
+    first = max([16, *(len(key) + 2 for key in keys)])
+    print(f"{'metric':<{first}}" + "".join(f"{name:>{widths[name]}}" for name in systems))
     for key in keys:
         cells = (
-            f"{systems[n][key]:>{widths[n]}.4f}" if key in systems[n] else f"{'-':>{widths[n]}}"
+            _cell(systems[n][key], widths[n]) if key in systems[n] else f"{'-':>{widths[n]}}"
             for n in systems
         )
-        print(f"{key:<16}" + "".join(cells))
+        print(f"{key:<{first}}" + "".join(cells))
+
+
+def _cell(value: float, width: int) -> str:
+    return f"{value:>{width}}" if isinstance(value, int) else f"{value:>{width}.4f}"
 
 
 def _generate(args: argparse.Namespace) -> None:

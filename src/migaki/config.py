@@ -148,8 +148,10 @@ class DataConfig(Section):
     format: DataFormat = Field("auto", description="Row format; `auto` detects it per file.")
     split: SplitConfig = Field(default_factory=SplitConfig)
     max_length: int = Field(1024, ge=8, le=131072, description="Longest row in tokens.")
-    overlong: Literal["truncate", "drop"] = Field(
-        "truncate", description="What happens to rows longer than max_length (always counted)."
+    overlong: Literal["truncate", "drop", "split"] | None = Field(
+        None,
+        description="What happens to rows longer than max_length (always counted): truncate, "
+        "drop, or split into max_length pieces; null: split for task pretrain, else truncate.",
     )
     packing: Literal["auto"] | bool = Field(
         "auto",
@@ -254,13 +256,52 @@ class MethodConfig(Section):
 
 
 class PreferenceConfig(Section):
-    beta: float = Field(0.1, gt=0.0, description="DPO: strength of the pull to the reference.")
+    beta: float = Field(
+        0.1,
+        gt=0.0,
+        description="DPO: strength of the pull to the reference; ORPO: weight of the odds-ratio "
+        "term (lambda).",
+    )
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss.")
+    desirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of desirable rows.")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of undesirable rows.")
+
+
+class DistillConfig(Section):
+    teacher: str | None = Field(
+        None, description="The teacher: any model migaki loads (alias, folder, run's final/)."
+    )
+    temperature: float = Field(2.0, gt=0.0, description="Softens both distributions.")
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Weight of the teacher (KL) term; the rest is label loss."
+    )
 
 
 class EarlyStopping(Section):
     patience: int = Field(ge=1, description="Evaluations without improvement before stopping.")
     min_delta: float = Field(0.0, ge=0.0, description="Smallest decrease that counts.")
+
+
+class ReplayConfig(Section):
+    data: str = Field(description="File of earlier or general rows (any format migaki reads).")
+    share: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Share of the training rows drawn from `data`."
+    )
+    format: DataFormat = Field("auto", description="Row format of `data`; auto detects it.")
+
+
+class ForgettingConfig(Section):
+    data: str = Field(description="General reference rows (text or chat) to keep a low loss on.")
+    max_increase: float = Field(
+        0.1, ge=0.0, description="Largest rise of the reference loss over step 0 (0.1: +10%)."
+    )
+    action: Literal["warn", "stop"] = Field(
+        "warn", description="What a larger rise does: warn, or stop the run as early stopping does."
+    )
+    max_rows: int | None = Field(
+        200, ge=1, description="Reference rows used (a seeded sample); null: all."
+    )
+    format: DataFormat = Field("auto", description="Row format of `data`; auto detects it.")
 
 
 class TrainConfig(Section):
@@ -311,6 +352,15 @@ class TrainConfig(Section):
     track: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="Extra trackers beside metrics.jsonl."
     )
+    init_from: str | None = Field(
+        None, description="Start from an earlier run's final/ (its run directory); --init-from."
+    )
+    replay: ReplayConfig | None = Field(
+        None, description="Mix earlier or general rows into the training split; null: off."
+    )
+    forgetting: ForgettingConfig | None = Field(
+        None, description="Watch the loss on a general reference set at each validation."
+    )
 
     @field_validator("early_stopping", mode="before")
     @classmethod
@@ -334,13 +384,16 @@ class EstimateConfig(Section):
 class Recipe(Section):
     name: str | None = Field(None, description="Run name; the run goes to runs/NAME-TIME.")
     model: ModelConfig
-    task: Literal["sft", "classification", "dpo"] = Field("sft", description="Objective.")
+    task: Literal[
+        "sft", "pretrain", "classification", "dpo", "orpo", "kto", "reward", "distill"
+    ] = Field("sft", description="Objective.")
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Recipe:
@@ -349,12 +402,42 @@ class Recipe(Section):
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                 f"train.grad_accum ({self.train.grad_accum})"
             )
-        if self.task == "dpo" and self.method.name not in ("lora", "dora", "qlora", "ia3"):
+        adapters = ("lora", "dora", "qlora", "ia3")
+        reference_free = ("full", "freeze", "gradual")  # reference computed up front
+        if self.task == "dpo" and self.method.name not in adapters + reference_free:
             raise ValueError(
-                f"method.name: task dpo uses the base without the adapter as its reference, so "
+                f"method.name: task dpo needs the untrained model as its reference: use one of "
+                f"{', '.join(adapters + reference_free)} (not {self.method.name})"
+            )
+        if self.task == "kto" and self.method.name not in adapters:
+            raise ValueError(
+                f"method.name: task kto uses the base without the adapter as its "
+                f"reference, so "
                 f"it needs lora, dora, qlora or ia3 (not {self.method.name})"
             )
+        if self.task in ("orpo", "distill") and self.method.name in ("prefix", "prompt"):
+            raise ValueError(
+                f"method.name: task {self.task} scores answers through the decoder's hidden "
+                f"states, which {self.method.name} tuning does not change; use lora or another "
+                "method"
+            )
+        forgetting = self.train.forgetting
+        if forgetting is not None and self.task not in ("sft", "pretrain"):
+            raise ValueError(
+                f"train.forgetting: it measures the language-modelling loss on "
+                f"{forgetting.data}, which task {self.task} does not train; use it with task "
+                "sft or pretrain"
+            )
+        if self.task == "distill" and not self.distill.teacher:
+            raise ValueError("distill.teacher: task distill needs a teacher model")
         return self
+
+    @property
+    def overlong(self) -> str:
+        """data.overlong as it applies to this task."""
+        if self.data.overlong is not None:
+            return self.data.overlong
+        return "split" if self.task == "pretrain" else "truncate"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -419,13 +502,18 @@ def _parse_value(text: str) -> Any:
 
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
-    data = recipe.data
-    for field in ("train", "val", "test"):
-        value = getattr(data, field)
+    """Paths that do not exist from here but do from the recipe's folder are made relative to
+    that folder: the data files, the distillation teacher and the continual-learning files."""
+    cfg = recipe.train
+    holders = [(recipe.data, "train"), (recipe.data, "val"), (recipe.data, "test")]
+    holders += [(cfg, "init_from"), (cfg.replay, "data"), (cfg.forgetting, "data")]
+    holders += [(recipe.distill, "teacher")]
+    for holder, key in holders:
+        value = getattr(holder, key, None) if holder is not None else None
         if value and not Path(value).is_absolute() and not Path(value).exists():
             candidate = base_dir / value
             if candidate.exists():
-                setattr(data, field, str(candidate))
+                setattr(holder, key, str(candidate))
     return recipe
 
 

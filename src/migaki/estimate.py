@@ -34,8 +34,10 @@ def estimate(
     seconds_per_epoch, total_seconds, cost (None without a price)."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_path, overrides)
-    if recipe.task != "sft":
-        raise UserError(f"task: migaki estimate measures task sft only so far, not {recipe.task}")
+    if recipe.task not in ("sft", "pretrain"):
+        raise UserError(
+            f"task: migaki estimate measures tasks sft and pretrain so far, not {recipe.task}"
+        )
     steps = steps or recipe.estimate.steps
     price = price_per_hour if price_per_hour is not None else recipe.estimate.price_per_hour
     tokens, labelled, rows = _count_tokens(recipe)
@@ -70,7 +72,7 @@ def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
     """(real tokens, labelled tokens, rows) of one epoch of the training split."""
     tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
-    rows, _ = tokenize_for_recipe(splits.train, tokenizer, recipe.data)
+    rows, _ = tokenize_for_recipe(splits.train, tokenizer, recipe)
     if not rows:
         raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
     return sum(len(r.input_ids) for r in rows), sum(r.trainable_tokens for r in rows), len(rows)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from migaki.config import DataConfig
+from migaki.config import Recipe
 from migaki.data.formats import Example
 from migaki.data.tokenize import TokenizedExample, TokenizeReport, tokenize_all
 from migaki.models.bundled import cache_root
@@ -43,14 +43,15 @@ def tokenize_cached(
 
 
 def tokenize_for_recipe(
-    examples: list[Example], tokenizer, data: DataConfig
+    examples: list[Example], tokenizer, recipe: Recipe
 ) -> tuple[list[TokenizedExample], TokenizeReport]:
     """Tokenize a split the way the recipe's data section says, through the cache."""
+    data = recipe.data
     return tokenize_cached(
         examples,
         tokenizer,
         max_length=data.max_length,
-        overlong=data.overlong,
+        overlong=recipe.overlong,
         system_prompt=data.system_prompt,
         train_on_prompt=data.train_on_prompt,
     )
@@ -79,6 +80,8 @@ def _write(path: Path, rows: list[TokenizedExample], report: TokenizeReport) -> 
                 {
                     "rows_in": report.rows_in,
                     "truncated": report.truncated,
+                    "split": report.split,
+                    "pieces": report.pieces,
                     "dropped": dict(report.dropped),
                 }
             )
@@ -95,7 +98,13 @@ def _read(path: Path) -> tuple[list[TokenizedExample], TokenizeReport]:
     with pa.memory_map(str(path)) as source:
         table = pa.ipc.open_file(source).read_all()
     saved = json.loads(table.schema.metadata[b"report"])
-    report = TokenizeReport(saved["rows_in"], saved["truncated"], Counter(saved["dropped"]))
+    report = TokenizeReport(
+        saved["rows_in"],
+        saved["truncated"],
+        saved.get("split", 0),
+        saved.get("pieces", 0),
+        Counter(saved["dropped"]),
+    )
     rows = [
         TokenizedExample(ids, labels)
         for ids, labels in zip(

@@ -192,14 +192,14 @@ def _lengths(
     over = int((lengths > data.max_length).sum())
     report.say("\ntoken lengths (train): " + ", ".join(f"{k} {v}" for k, v in percentiles.items()))
     if over:
-        verb = "truncate" if data.overlong == "truncate" else "drop"
+        overlong = recipe.overlong
         report.say(
-            f"  data.overlong={data.overlong}: would {verb} {over} of {len(train)} rows "
+            f"  data.overlong={overlong}: would {overlong} {over} of {len(train)} rows "
             f"longer than max_length {data.max_length}"
         )
         if over / max(len(train), 1) > 0.1:
             report.warnings.append(f"{over} training rows exceed max_length {data.max_length}")
-    kept = [_policy(item, data.max_length, data.overlong) for item in train]
+    kept = [_policy(item, data.max_length, recipe.overlong) for item in train]
     no_loss = sum(item.trainable_tokens == 0 for item in train)
     cut_off = sum(
         item.trainable_tokens > 0 and after is not None and after.trainable_tokens == 0
@@ -232,6 +232,8 @@ def _policy(item: TokenizedExample, max_length: int, overlong: str) -> Tokenized
         return item
     if overlong == "drop":
         return None
+    if overlong == "split":  # every piece trains; the first one stands for the row here
+        return item
     return TokenizedExample(item.input_ids[:max_length], item.labels[:max_length])
 
 

@@ -1,14 +1,17 @@
 """Row formats: each is a function `fields -> Example` that names what is missing.
 
 Supported: `messages` (OpenAI chat), `alpaca` (instruction/input/output), `sharegpt`
-(conversations from/value), `prompt_completion`, plain `text`, and `classification` (a text
-with a label). Every problem is a DataError with a `kind`, so a validator can count them.
+(conversations from/value), `prompt_completion`, plain `text`, `classification` (a text
+with a label), `preference` (a prompt with a chosen and a rejected answer) and `choice` (a
+question, its choices and the index of the right one). Every problem is a DataError with a
+`kind`, so a validator can count them.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -20,6 +23,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
 SHAREGPT_ROLES |= {"assistant": "assistant", "bot": "assistant", "model": "assistant"}
 CLASSIFICATION_TEXT_KEYS = ("text", "sentence", "content")
+CHOICE_KEY = re.compile(r"choice(0|[1-9][0-9]*)")  # numbered choice fields: choice0, choice1
 TextPath = tuple[str | int, ...]  # where a text sits in a row, e.g. ("messages", 2, "content")
 
 
@@ -62,6 +66,9 @@ def detect_format(fields: dict[str, Any], label_column: str = "label") -> str | 
         return "alpaca"
     if "prompt" in fields and "completion" in fields:
         return "prompt_completion"
+    has_choices = "choices" in fields or "choice0" in fields
+    if "question" in fields and has_choices and label_column in fields:
+        return "choice"
     if label_column in fields and any(key in fields for key in CLASSIFICATION_TEXT_KEYS):
         return "classification"
     if "text" in fields:
@@ -105,6 +112,8 @@ def convert(record: Record, fmt: str, label_column: str = "label") -> Example:
         return _classification(record, label_column)
     if fmt == "preference":
         return _preference(record)
+    if fmt == "choice":
+        return _choice(record, label_column)
     return CONVERTERS[fmt](record)
 
 
@@ -117,8 +126,8 @@ def _detect(record: Record, label_column: str) -> str:
             record.source,
             record.line,
             f"cannot tell the format from the keys ({keys}); expected messages, conversations, "
-            f"instruction/output, prompt/completion, text, or text with {label_column}"
-            + _header_hint(record),
+            f"instruction/output, prompt/completion, chosen/rejected, question with choices and "
+            f"{label_column}, text, or text with {label_column}" + _header_hint(record),
             "unknown_format",
         )
     return detected
@@ -155,6 +164,8 @@ def text_paths(fields: dict[str, Any], fmt: str) -> list[TextPath]:
         return [(next(k for k in CLASSIFICATION_TEXT_KEYS if k in fields),)]
     if fmt == "preference":
         return [(k,) for k in ("prompt", "chosen", "rejected") if isinstance(fields.get(k), str)]
+    if fmt == "choice":
+        return [("question",), *_choice_paths(fields)]
     return [("text",)]
 
 
@@ -229,6 +240,115 @@ def _classification(record: Record, label_column: str) -> Example:
         _failer(record)(f"missing or empty label '{label_column}'", "missing_field")
     meta = _meta(record, key, label_column)
     return Example(record.source, record.line, text=text, meta=meta, label=str(label).strip())
+
+
+def choice_prompt(question: str, choices: list[str]) -> str:
+    """The user turn of a multiple-choice row: the question, a blank line, one choice a line.
+
+    "主に子ども向けのものは？\n\n- 世界\n- 絵本\n- 論文". No instruction words, so the layout
+    suits Japanese and English alike. Choice scoring renders the same converted example, so
+    training and scoring see one text."""
+    return question.strip() + "\n\n" + "\n".join(f"- {choice}" for choice in choices)
+
+
+def _choice(record: Record, label_column: str) -> Example:
+    """A question with two or more choices (a `choices` list, or fields `choice0`, `choice1`,
+    ...) and the right one in `label_column`: its index (an int or a digit string) or its
+    text. The answer to learn is the right choice's text; `meta["choices"]` and
+    `meta["answer"]` (the index) let evaluation score every choice."""
+    fail = _failer(record)
+    question = _text_field(record, "question")
+    choices, keys = _choice_texts(record, fail)
+    answer = _answer_index(record.fields.get(label_column), choices, label_column, fail)
+    messages = [
+        {"role": "user", "content": choice_prompt(question, choices)},
+        {"role": "assistant", "content": choices[answer]},
+    ]
+    # The label stays out of meta: a text label would make each row a stratum of its own.
+    meta = _meta(record, "question", label_column, *keys) | {"choices": choices, "answer": answer}
+    return Example(record.source, record.line, messages=messages, meta=meta)
+
+
+def _choice_texts(record: Record, fail: Fail) -> tuple[list[str], list[str]]:
+    """The choices, stripped of surrounding spaces, and the fields that hold them."""
+    fields = record.fields
+    if "choices" in fields:
+        keys, choices = ["choices"], fields["choices"]
+        if not isinstance(choices, list):
+            fail("'choices' must be a list of texts", "wrong_type")
+        names = [f"choices[{index}]" for index in range(len(choices))]
+    else:
+        numbers = _choice_numbers(fields)
+        if not numbers:
+            fail(
+                "missing 'choices' (a list of texts) or fields 'choice0', 'choice1', ...",
+                "missing_field",
+            )
+        if numbers != list(range(len(numbers))):
+            gap = min(set(range(numbers[-1])) - set(numbers))
+            fail(
+                f"choice fields must count up from choice0; 'choice{gap}' is missing",
+                "missing_field",
+            )
+        keys = [f"choice{number}" for number in numbers]
+        choices, names = [fields[key] for key in keys], [f"'{key}'" for key in keys]
+    if len(choices) < 2:
+        fail(
+            f"a multiple-choice row needs at least 2 choices, this one has {len(choices)}",
+            "too_few_choices",
+        )
+    for name, choice in zip(names, choices, strict=True):
+        if not isinstance(choice, str):
+            fail(f"{name} must be text, got {type(choice).__name__}", "wrong_type")
+        if not choice.strip():
+            fail(f"{name} is empty", "empty_field")
+    return [choice.strip() for choice in choices], keys
+
+
+def _choice_numbers(fields: dict[str, Any]) -> list[int]:
+    return sorted(int(m.group(1)) for key in fields if (m := CHOICE_KEY.fullmatch(str(key))))
+
+
+def _choice_paths(fields: dict[str, Any]) -> list[TextPath]:
+    if "choices" in fields:
+        return [("choices", index) for index in range(len(fields["choices"]))]
+    return [(f"choice{number}",) for number in _choice_numbers(fields)]
+
+
+def _answer_index(label: Any, choices: list[str], label_column: str, fail: Fail) -> int:
+    """The index of the right choice from a label that is an index or a choice's text."""
+    last = len(choices) - 1
+    if label is None or (isinstance(label, str) and not label.strip()):
+        message = f"missing label '{label_column}': the right choice's index (0 to {last}) or text"
+        fail(message, "missing_field")
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    if isinstance(label, str) and label.strip().isascii() and label.strip().isdigit():
+        label = int(label)
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        fail(f"label '{label_column}' must be an index or a text, got {label!r}", "wrong_type")
+    if isinstance(label, int):
+        if not 0 <= label <= last:
+            message = f"label {label} is out of range: {len(choices)} choices, so 0 to {last}"
+            fail(message, "label_not_in_set")
+        return label
+    # Compared as cleaning's normalization leaves them, so a cleaned row still finds its answer.
+    matches = [i for i, choice in enumerate(choices) if _same_text(choice, label)]
+    if not matches:
+        message = (
+            f"label {label!r} is not one of the choices; give its index (0 to {last}) or exact text"
+        )
+        fail(message, "label_not_in_set")
+    if len(matches) > 1:
+        fail(
+            f"label {label!r} matches choices {matches}; give the index instead", "ambiguous_label"
+        )
+    return matches[0]
+
+
+def _same_text(first: str, second: str) -> bool:
+    squeeze = lambda text: " ".join(unicodedata.normalize("NFKC", text).split())  # noqa: E731
+    return squeeze(first) == squeeze(second)
 
 
 def _messages(record: Record) -> Example:
@@ -347,4 +467,4 @@ CONVERTERS: dict[str, Callable[[Record], Example]] = {
     "prompt_completion": _prompt_completion,
     "text": _text,
 }
-FORMATS = (*CONVERTERS, "classification", "preference")
+FORMATS = (*CONVERTERS, "classification", "preference", "choice")

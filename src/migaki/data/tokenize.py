@@ -34,16 +34,23 @@ class TokenizeReport:
 
     rows_in: int = 0
     truncated: int = 0
+    split: int = 0  # rows cut into max_length pieces
+    pieces: int = 0  # the pieces those rows became
     dropped: Counter = field(default_factory=Counter)  # reason -> count
 
     @property
     def rows_out(self) -> int:
-        return self.rows_in - sum(self.dropped.values())
+        return self.rows_in - sum(self.dropped.values()) + self.pieces - self.split
 
     def summary(self) -> str:
-        parts = [f"{self.rows_out}/{self.rows_in} rows kept"]
+        if self.split:
+            parts = [f"{self.rows_out} rows from {self.rows_in}"]
+        else:
+            parts = [f"{self.rows_out}/{self.rows_in} rows kept"]
         if self.truncated:
             parts.append(f"{self.truncated} truncated to max_length")
+        if self.split:
+            parts.append(f"{self.split} longer than max_length split into {self.pieces} pieces")
         parts += [f"{count} dropped: {reason}" for reason, count in sorted(self.dropped.items())]
         return ", ".join(parts)
 
@@ -138,14 +145,29 @@ def tokenize_all(
             raise
         except Exception as exc:  # a template may raise on odd content (e.g. roles it rejects)
             raise DataError(example.source, example.line, f"cannot render: {exc}") from None
+        pieces = [item]
         if len(item.input_ids) > max_length:
             if overlong == "drop":
                 report.dropped[f"longer than max_length={max_length}"] += 1
                 continue
-            report.truncated += 1
-            item = TokenizedExample(item.input_ids[:max_length], item.labels[:max_length])
-        if item.trainable_tokens == 0:
+            if overlong == "split":
+                cuts = range(0, len(item.input_ids), max_length)
+                pieces = [
+                    TokenizedExample(
+                        item.input_ids[i : i + max_length], item.labels[i : i + max_length]
+                    )
+                    for i in cuts
+                ]
+                report.split += 1
+                report.pieces += len(pieces)
+            else:
+                report.truncated += 1
+                pieces = [TokenizedExample(item.input_ids[:max_length], item.labels[:max_length])]
+        learnable = [piece for piece in pieces if piece.trainable_tokens]
+        if not learnable:
             report.dropped["no trainable token left"] += 1
             continue
-        kept.append(item)
+        if len(learnable) < len(pieces):  # a split row's last piece can be a single token
+            report.dropped["piece with no trainable token"] += len(pieces) - len(learnable)
+        kept.extend(learnable)
     return kept, report

@@ -25,6 +25,14 @@ class LoadedModel:
     precision: str
 
 
+def refuse_reward_model(path: Path, recipe) -> None:
+    if recipe is not None and recipe.task == "reward":
+        raise UserError(
+            f"{path}: a reward model scores conversations and does not generate text; its "
+            "validation pref_accuracy is in metrics.jsonl"
+        )
+
+
 def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
     """A run directory (its final/ on top of its base) or any model migaki loads.
 
@@ -36,6 +44,7 @@ def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
             f"{path}: a {recipe.task} run does not generate text; "
             f"`migaki eval {path} --data FILE` scores it"
         )
+    refuse_reward_model(path, recipe)
     base_name = recipe.model.base if recipe else str(target)
     source = models.resolve(base_name)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)

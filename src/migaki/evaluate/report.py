@@ -1,5 +1,6 @@
 """`migaki eval`: loss, perplexity and token accuracy on a data set, optionally generated answers
-scored against the reference (facts stated, character F1), tuned vs base side by side."""
+scored against the reference (facts stated, character F1), tuned vs base side by side.
+Multiple-choice rows are scored by the likelihood of each choice instead of by generation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from typing import Any
 from migaki.data import Example, read_records, to_examples, tokenize_all
 from migaki.data.batches import collate
 from migaki.errors import UserError
-from migaki.evaluate.generation import LoadedModel, _autocast, generate_answers, load_for_inference
+from migaki.evaluate.choices import is_choice_example, score_choices
+from migaki.evaluate.generation import (
+    LoadedModel,
+    _autocast,
+    generate_answers,
+    load_for_inference,
+    refuse_reward_model,
+)
 from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluate_rows, summarize
 from migaki.train.objectives import causal_lm_loss
@@ -42,19 +50,15 @@ def evaluate(
         from migaki.evaluate.classification import evaluate_classifier
 
         return evaluate_classifier(target_path, recipe, data, limit)
+    if is_run:
+        refuse_reward_model(target_path, load_run_recipe(target_path))
     examples = _examples(target_path, data, is_run)[:limit]
     systems: dict[str, dict[str, Any]] = {}
-    answers: dict[str, list[tuple[str, bool]]] = {}
+    answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
     variants = [("tuned", True), ("base", False)] if is_run and compare_base else [("tuned", True)]
     for label, tuned in variants:
         loaded = load_for_inference(target, tuned=tuned)
-        tokens = max_new_tokens or (loaded.recipe.eval.max_new_tokens if loaded.recipe else 128)
-        systems[label] = language_model_metrics(loaded, examples)
-        if generate:
-            answers[label] = generate_answers(
-                loaded, [e.prompt_messages for e in examples], max_new_tokens=tokens
-            )
-            systems[label] |= answer_metrics(examples, answers[label])
+        systems[label], answers[label] = _score_system(loaded, examples, generate, max_new_tokens)
         log.info("%s: %s", label, {k: round(v, 4) for k, v in systems[label].items()})
     result = {
         "target": str(target),
@@ -67,6 +71,30 @@ def evaluate(
         (target_path / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
         (target_path / "report.html").write_text(render_html(result), encoding="utf-8")
     return result
+
+
+def _score_system(
+    loaded: LoadedModel, examples: list[Example], generate: bool, max_new_tokens: int | None
+) -> tuple[dict[str, Any], dict[int, str]]:
+    """One model's metrics, and its answer by row index: loss and perplexity on every row;
+    multiple-choice rows scored by choice likelihood (the pick is the answer); the other rows
+    answered by generation and scored against their reference, unless `generate` is False."""
+    metrics = language_model_metrics(loaded, examples)
+    answers: dict[int, str] = {}
+    choice = [i for i, e in enumerate(examples) if is_choice_example(e)]
+    open_ended = [i for i, e in enumerate(examples) if not is_choice_example(e)]
+    if choice:
+        scores = score_choices(loaded, [examples[i] for i in choice])
+        metrics |= scores.metrics()
+        for index, pick in zip(choice, scores.picks, strict=True):
+            answers[index] = examples[index].meta["choices"][pick]
+    if generate and open_ended:
+        rows = [examples[i] for i in open_ended]
+        tokens = max_new_tokens or (loaded.recipe.eval.max_new_tokens if loaded.recipe else 128)
+        generated = generate_answers(loaded, [e.prompt_messages for e in rows], tokens)
+        metrics |= answer_metrics(rows, generated)
+        answers |= {index: text for index, (text, _) in zip(open_ended, generated, strict=True)}
+    return metrics, answers
 
 
 def language_model_metrics(loaded: LoadedModel, examples: list[Example]) -> dict[str, float]:
@@ -143,11 +171,11 @@ def _examples(target: Path, data: str | Path | None, is_run: bool) -> list[Examp
     return examples
 
 
-def _samples(examples: list[Example], answers: dict[str, list[tuple[str, bool]]]) -> list[dict]:
+def _samples(examples: list[Example], answers: dict[str, dict[int, str]]) -> list[dict]:
     samples = []
     for index, example in enumerate(examples):
         row = {"prompt": example.prompt_messages[-1]["content"], "reference": example.reference}
-        row |= {label: texts[index][0] for label, texts in answers.items()}
+        row |= {label: texts[index] for label, texts in answers.items() if index in texts}
         samples.append(row)
     return samples
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate.utils import gather_object
@@ -36,6 +36,9 @@ from migaki.train.objectives import LossParts
 from migaki.train.schedule import learning_rate
 from migaki.train.tracking import MetricsLog
 
+if TYPE_CHECKING:
+    from migaki.train.forgetting import ForgettingGuard
+
 log = logging.getLogger(__name__)
 
 Collate = Callable[[list[TokenizedExample]], dict[str, torch.Tensor]]
@@ -54,6 +57,7 @@ class StepPlan:
 class FitResult:
     state: LoopState
     stopped_early: bool
+    stopped_forgetting: bool = False  # the forgetting guard stopped the run
 
 
 def fit(
@@ -69,12 +73,14 @@ def fit(
     metrics: MetricsLog,
     collate_fn: Collate,
     unfreezing: Unfreezing | None = None,
+    guard: ForgettingGuard | None = None,
 ) -> FitResult:
     """Train from `state.step` to `plan.total_steps`; returns the final loop state.
 
     `model` is the prepared loss module (objectives.CausalLMLoss, maybe wrapped for DDP): its
     forward returns LossParts. Every process runs this same function on its share of each step.
     `unfreezing` (method gradual) scales the learning rate and holds back waiting weights.
+    `guard` (train.forgetting) measures a reference loss with each validation; it may stop.
     """
     progress = tqdm(
         total=plan.total_steps,
@@ -85,12 +91,12 @@ def fit(
         disable=not accelerator.is_main_process,
     )
     window_loss, window_tokens = 0.0, 0  # training loss since the last validation
-    stopped_early = False
+    stopped_early = stopped_forgetting = False
     lengths = [len(row.input_ids) for row in train_rows]
     batches_of_epoch: dict[int, list[list[int]]] = {}
     if state.step == 0 and val_rows and plan.eval_every:
         # Before any update: every run's metrics show where validation started.
-        _validate(model, accelerator, val_rows, cfg, plan, state, metrics, None, collate_fn)
+        _validate(model, accelerator, val_rows, cfg, plan, state, metrics, None, collate_fn, guard)
     model.train()
     while state.step < plan.total_steps:
         step_start = time.perf_counter()
@@ -146,12 +152,23 @@ def fit(
             train_loss = window_loss / max(window_tokens, 1)
             window_loss, window_tokens = 0.0, 0
             stopped_early = _validate(
-                model, accelerator, val_rows, cfg, plan, state, metrics, train_loss, collate_fn
+                model,
+                accelerator,
+                val_rows,
+                cfg,
+                plan,
+                state,
+                metrics,
+                train_loss,
+                collate_fn,
+                guard,
             )
+            stopped_forgetting = guard is not None and guard.check(state.step)
             model.train()
             evaluated = True
         improved = evaluated and state.best_step == state.step
-        due = state.step % plan.save_every == 0 or improved or is_last or stopped_early
+        stopped = stopped_early or stopped_forgetting
+        due = state.step % plan.save_every == 0 or improved or is_last or stopped
         if due:
             rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
             if accelerator.is_main_process:
@@ -168,8 +185,10 @@ def fit(
             )
             log.info("early stopping at step %d; best step %d", state.step, state.best_step)
             break
+        if stopped_forgetting:
+            break  # the guard logged why; final/ is written as after early stopping
     progress.close()
-    return FitResult(state, stopped_early)
+    return FitResult(state, stopped_early, stopped_forgetting)
 
 
 def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn):
@@ -217,11 +236,20 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
 
 
 def _validate(
-    model, accelerator, val_rows, cfg, plan, state, metrics, train_loss: float | None, collate_fn
+    model,
+    accelerator,
+    val_rows,
+    cfg,
+    plan,
+    state,
+    metrics,
+    train_loss: float | None,
+    collate_fn,
+    guard: ForgettingGuard | None = None,
 ) -> bool:
     """Run validation, log it, update best/patience; True when early stopping should stop.
     Each process evaluates its share of the rows; the sums are combined, so every process
-    takes the same decision."""
+    takes the same decision. A forgetting guard adds its reference loss to the record."""
     model.eval()
     share = val_rows[accelerator.process_index :: accelerator.num_processes]
     # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
@@ -240,6 +268,8 @@ def _validate(
         # confusion matrix or rewards, and tensors of different sizes would hang the exchange.
         sums = _add_sums(gather_object([sums]))
     result = summarize(sums)
+    if guard is not None:
+        result |= guard.measure(bare, accelerator)
     metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )
@@ -330,8 +360,9 @@ def preference_metrics(extras: dict[str, float], correct: float, pairs: int) -> 
     objectives that are not preference objectives."""
     if "reward_chosen" not in extras:
         return {}
-    chosen = extras["reward_chosen"] / max(pairs, 1)
-    rejected = extras["reward_rejected"] / max(pairs, 1)
+    # KTO's rows are desirable or not rather than pairs; each mean is over its own rows
+    chosen = extras["reward_chosen"] / max(extras.get("chosen_rows", pairs), 1)
+    rejected = extras["reward_rejected"] / max(extras.get("rejected_rows", pairs), 1)
     return {
         "reward_chosen": chosen,
         "reward_rejected": rejected,

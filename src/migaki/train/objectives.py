@@ -6,6 +6,7 @@ The causal-LM loss runs the LM head only on positions that carry a label, so the
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +64,44 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
     return LossParts(loss_sum, int(keep.sum()), correct)
 
 
+def labelled_logps(
+    model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sums of log p(label_t | tokens < t) over labelled positions, and each row's
+    labelled-token count: what preference losses and choice scoring need.
+
+    As in `causal_lm_loss`, the LM head runs only on labelled positions, in chunks recomputed in
+    the backward pass, so no (rows x seq x vocab) tensor is built. Returns ((rows,) float32,
+    (rows,) int64)."""
+    labels = batch["labels"][:, 1:]
+    keep = labels != IGNORE_INDEX
+    hidden = decoder(model)(
+        input_ids=batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state
+    selected = hidden[:, :-1][keep]
+    target = labels[keep]
+    head = model.get_output_embeddings()
+    pieces = []
+    for start in range(0, len(target), chunk_rows):
+        rows, wanted = selected[start : start + chunk_rows], target[start : start + chunk_rows]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_head_logps, head, rows, wanted, use_reentrant=False))
+        else:
+            pieces.append(_head_logps(head, rows, wanted))
+    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    row_of_token = keep.nonzero()[:, 0]
+    sums = hidden.new_zeros(len(labels), dtype=torch.float32)
+    return sums.index_add(0, row_of_token, token_logps), keep.sum(dim=-1)
+
+
+def _head_logps(head: torch.nn.Module, rows: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    logits = head(rows).float()
+    return logits.gather(-1, target.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
 def prompt_learning_loss(model, batch: dict[str, torch.Tensor]) -> LossParts:
     """The loss through PeftModel's forward, which adds soft prompts or prefixes that the
     decoder alone would not see. Logits come for every position here (these methods train few
@@ -117,20 +156,24 @@ class DPOLoss(torch.nn.Module):
     """Direct preference optimization on batches of [chosen..., rejected...] sequences.
 
     The reference model is the same network with its adapter switched off (PEFT's
-    `disable_adapter`), so no second copy of the weights is held in memory."""
+    `disable_adapter`), so no second copy of the weights is held in memory. Reference
+    log-probabilities never change, so each sequence's is computed once (in eval mode, without
+    dropout) and kept: later epochs and every validation after the first skip that forward.
+    Methods without an adapter to switch off (`full`, `freeze`, `gradual`) get every reference
+    log-probability up front from the untrained weights (`precompute_reference`), so they need
+    no frozen copy either."""
 
     def __init__(self, model: torch.nn.Module, beta: float, loss_type: str) -> None:
         super().__init__()
         self.model, self.beta, self.loss_type = model, beta, loss_type
+        self.reference_logps: dict[bytes, float] = {}
 
     def forward(self, **batch: torch.Tensor) -> LossParts:
         from migaki.train.preference import dpo_loss
 
-        policy = self._logps(batch)
-        with torch.no_grad(), self.model.disable_adapter():
-            reference = self._logps(batch)
+        policy, tokens = labelled_logps(self.model, batch)
+        reference = self._reference(batch).to(policy.device)
         pairs = len(policy) // 2
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=-1)
         stats = dpo_loss(
             policy[:pairs],
             policy[pairs:],
@@ -141,19 +184,201 @@ class DPOLoss(torch.nn.Module):
             chosen_tokens=tokens[:pairs],
             rejected_tokens=tokens[pairs:],
         )
-        extras = {
-            "reward_chosen": stats.reward_chosen_sum,
-            "reward_rejected": stats.reward_rejected_sum,
-        }
-        return LossParts(stats.loss_sum, stats.pairs, stats.correct, extras=extras)
+        return _preference_parts(stats)
 
-    def _logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        from migaki.train.preference import sequence_logps
+    def _reference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        keys = [
+            _sequence_key(ids, labels)
+            for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True)
+        ]
+        if not all(key in self.reference_logps for key in keys):
+            if not hasattr(self.model, "disable_adapter"):
+                raise RuntimeError("a reference log-probability was not precomputed")
+            with self.model.disable_adapter():
+                self._store_reference(batch, keys)
+        return torch.tensor([self.reference_logps[key] for key in keys])
 
-        logits = self.model(
+    def precompute_reference(self, batches) -> None:
+        """Reference log-probabilities of every sequence in `batches`, from the current
+        (untrained) weights."""
+        for batch in batches:
+            keys = [
+                _sequence_key(ids, labels)
+                for ids, labels in zip(batch["input_ids"], batch["labels"], strict=True)
+            ]
+            self._store_reference(batch, keys)
+
+    def _store_reference(self, batch: dict[str, torch.Tensor], keys: list[bytes]) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            logps, _ = labelled_logps(self.model, batch)
+        self.model.train(was_training)
+        self.reference_logps.update(zip(keys, logps.tolist(), strict=True))
+
+
+class KTOLoss(DPOLoss):
+    """Kahneman-Tversky optimization on rows marked desirable or not (`collate_kto` batches:
+    the rows, then mismatched prompt/answer rows that estimate the KL term). The reference is
+    the adapter-less base, cached per sequence as in DPO. The KL estimate is taken per
+    micro-batch on each process (TRL averages it over processes first)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        beta: float,
+        desirable_weight: float,
+        undesirable_weight: float,
+    ) -> None:
+        super().__init__(model, beta, "sigmoid")
+        self.desirable_weight, self.undesirable_weight = desirable_weight, undesirable_weight
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        from migaki.train.preference import kto_loss
+
+        desirable = batch.pop("desirable")
+        rows = len(desirable)
+        real = {key: value[:rows] for key, value in batch.items()}
+        policy, _ = labelled_logps(self.model, real)
+        with torch.no_grad():
+            mismatched = {key: value[rows:] for key, value in batch.items()}
+            policy_kl, _ = labelled_logps(self.model, mismatched)
+        reference = self._reference(batch).to(policy.device)
+        kl = (policy_kl - reference[rows:]).mean()
+        stats = kto_loss(
+            policy,
+            reference[:rows],
+            desirable,
+            kl,
+            self.beta,
+            self.desirable_weight,
+            self.undesirable_weight,
+        )
+        parts = _preference_parts(stats)
+        parts.extras |= {"chosen_rows": stats.chosen_rows, "rejected_rows": stats.rejected_rows}
+        return parts
+
+
+class ORPOLoss(torch.nn.Module):
+    """Odds-ratio preference optimization: the chosen answer's NLL plus a penalty on the odds
+    of the rejected one. No reference model, so it suits every method, `full` included. The
+    NLL is the per-pair mean over answer tokens (the tokens SFT trains on)."""
+
+    def __init__(self, model: torch.nn.Module, beta: float) -> None:
+        super().__init__()
+        self.model, self.beta = model, beta
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        from migaki.train.preference import orpo_loss
+
+        logps, tokens = labelled_logps(self.model, batch)
+        means = logps / tokens.clamp(min=1)
+        pairs = len(means) // 2
+        return _preference_parts(orpo_loss(means[:pairs], means[pairs:], -means[:pairs], self.beta))
+
+
+class RewardLoss(torch.nn.Module):
+    """A reward model: a one-output sequence classifier scores each whole conversation, and the
+    pairwise (Bradley-Terry) loss pushes the chosen one's score above the rejected one's."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        from migaki.train.preference import reward_loss
+
+        scores = self.model(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits
-        return sequence_logps(logits, batch["labels"])
+        ).logits.squeeze(-1)
+        pairs = len(scores) // 2
+        return _preference_parts(reward_loss(scores[:pairs], scores[pairs:]))
+
+
+class DistillLoss(torch.nn.Module):
+    """Knowledge distillation: the student matches the teacher's temperature-scaled token
+    distributions (KL) mixed with the usual label loss, on the labelled positions only. Both
+    LM heads run there in chunks, and the student's chunk is recomputed in the backward pass.
+    The teacher is frozen and stays in eval mode."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        teacher: torch.nn.Module,
+        temperature: float,
+        alpha: float,
+        chunk_rows: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.model, self.teacher = model, teacher.requires_grad_(False).eval()
+        self.temperature, self.alpha, self.chunk_rows = temperature, alpha, chunk_rows
+
+    def train(self, mode: bool = True) -> DistillLoss:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, **batch: torch.Tensor) -> LossParts:
+        labels = batch["labels"][:, 1:]
+        keep = labels != IGNORE_INDEX
+        inputs = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch.get("attention_mask"),
+            "position_ids": batch.get("position_ids"),
+            "use_cache": False,
+        }
+        hidden = decoder(self.model)(**inputs).last_hidden_state[:, :-1][keep]
+        with torch.no_grad():
+            teacher_hidden = decoder(self.teacher)(**inputs).last_hidden_state[:, :-1][keep]
+        target = labels[keep]
+        head, teacher_head = (
+            self.model.get_output_embeddings(),
+            self.teacher.get_output_embeddings(),
+        )
+        loss_sum = hidden.new_zeros((), dtype=torch.float32)
+        correct = 0
+        for start in range(0, len(target), self.chunk_rows):
+            end = start + self.chunk_rows
+            with torch.no_grad():
+                teacher_logits = teacher_head(teacher_hidden[start:end])
+            args = (head, hidden[start:end], teacher_logits, target[start:end])
+            if torch.is_grad_enabled():
+                chunk_loss, chunk_correct = checkpoint(self._chunk, *args, use_reentrant=False)
+            else:
+                chunk_loss, chunk_correct = self._chunk(*args)
+            loss_sum = loss_sum + chunk_loss
+            correct += int(chunk_correct)
+        return LossParts(loss_sum, int(keep.sum()), correct)
+
+    def _chunk(self, head, rows, teacher_logits, target):
+        from migaki.train.preference import distill_loss
+
+        logits = head(rows)
+        vocab = min(logits.shape[-1], teacher_logits.shape[-1])  # padded embedding rows differ
+        # distill_loss takes (batch, seq, vocab) logits and unshifted labels: one row whose
+        # position t predicts target t, plus the unused last position the shift drops.
+        student = F.pad(logits[:, :vocab], (0, 0, 0, 1)).unsqueeze(0)
+        teacher = F.pad(teacher_logits[:, :vocab], (0, 0, 0, 1)).unsqueeze(0)
+        labels = F.pad(target, (1, 0), value=IGNORE_INDEX).unsqueeze(0)
+        loss, _ = distill_loss(student, teacher, labels, self.temperature, self.alpha)
+        return loss, (logits.argmax(dim=-1) == target).sum()
+
+
+def _preference_parts(stats) -> LossParts:
+    extras = {
+        "reward_chosen": stats.reward_chosen_sum,
+        "reward_rejected": stats.reward_rejected_sum,
+    }
+    return LossParts(stats.loss_sum, stats.pairs, stats.correct, extras=extras)
+
+
+def _sequence_key(input_ids: torch.Tensor, labels: torch.Tensor) -> bytes:
+    """A padded row's identity: its labelled tokens and the tokens before the last label."""
+    labelled = (labels != IGNORE_INDEX).nonzero()
+    end = int(labelled[-1]) + 1 if len(labelled) else 0
+    digest = hashlib.blake2b(input_ids[:end].cpu().numpy().tobytes(), digest_size=16)
+    digest.update((labels[:end] != IGNORE_INDEX).cpu().numpy().tobytes())
+    return digest.digest()
 
 
 class CausalLMLoss(torch.nn.Module):

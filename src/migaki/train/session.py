@@ -28,7 +28,14 @@ from migaki.data.classify import (
     tokenize_classification,
 )
 from migaki.data.packing import collate_packed
-from migaki.data.pairs import collate_pairs, tokenize_pairs
+from migaki.data.pairs import (
+    collate_kto,
+    collate_pairs,
+    kto_rows,
+    tokenize_feedback,
+    tokenize_pairs,
+)
+from migaki.data.replay import mix_replay
 from migaki.errors import UserError
 from migaki.methods import (
     PROMPT_LEARNING,
@@ -39,6 +46,7 @@ from migaki.methods import (
     save_final,
 )
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
+from migaki.train import continual, forgetting
 from migaki.train.checkpoint import (
     LoopState,
     checkpoint_dir,
@@ -46,13 +54,24 @@ from migaki.train.checkpoint import (
     load_checkpoint,
     read_state,
 )
-from migaki.train.loop import StepPlan, fit
-from migaki.train.objectives import CausalLMLoss, ClassificationLoss, DPOLoss, decoder
+from migaki.train.loop import FitResult, StepPlan, fit
+from migaki.train.objectives import (
+    CausalLMLoss,
+    ClassificationLoss,
+    DistillLoss,
+    DPOLoss,
+    KTOLoss,
+    ORPOLoss,
+    RewardLoss,
+    decoder,
+)
 from migaki.train.precision import choose_precision
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
+
+PAIR_TASKS = ("dpo", "orpo", "reward")  # batches of chosen and rejected sequences
 
 
 def train(
@@ -64,6 +83,7 @@ def train(
 ) -> Path:
     """Run a recipe and return the run directory. Raises UserError for problems a user can fix
     (data, model, a resume that does not match its checkpoint)."""
+    recipe, init = continual.prepare(recipe)  # a whole-model init_from becomes model.base
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
     accelerator = _fresh_accelerator(device, precision)
@@ -77,26 +97,31 @@ def train(
     source = models.resolve(recipe.model.base)
     classify = recipe.task == "classification"
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=not classify)
+    teacher = _load_teacher(recipe, tokenizer) if recipe.task == "distill" else None
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     for step in splits.steps:
         log.info("data %s", step.summary())
+    mix_replay(splits, recipe, tokenizer)  # after the split: train rows only
+    reference = forgetting.load_reference(recipe, tokenizer, splits)
     if checkpoint is not None:
         _check_resume(checkpoint, recipe, splits.hashes, force)
     labels = label_map(splits.train, recipe.data.labels) if classify else None
+    if recipe.task == "reward":
+        labels = ["reward"]  # one output: the score
+    continual.check_labels(init, labels)
     rows = _tokenize_splits(splits, tokenizer, recipe, labels)
     model, trainable, total = _build_model(
         recipe, source, precision, device, labels, tokenizer.pad_token_id
     )
+    if init is not None:
+        continual.load_init_weights(model, init, recipe.method)
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    if classify:
-        loss_module = ClassificationLoss(model)
-    elif recipe.task == "dpo":
-        loss_module = DPOLoss(model, recipe.preference.beta, recipe.preference.loss_type)
-    else:
-        loss_module = CausalLMLoss(model)
-    objective, optimizer = accelerator.prepare(loss_module, optimizer)
+    objective, optimizer = accelerator.prepare(_objective(recipe, model, teacher), optimizer)
+    if recipe.task == "dpo" and not hasattr(model, "disable_adapter"):
+        # before a checkpoint loads: the reference is the model as training starts
+        _precompute_reference(accelerator, objective, rows, recipe, tokenizer.pad_token_id)
     # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
     # process draws its own dropout masks, so checkpoints keep one random state per process.
     set_seed(recipe.train.seed, device_specific=True)
@@ -125,6 +150,9 @@ def train(
             write_split(getattr(splits, split_name), run_dir / "data" / f"{split_name}.jsonl")
         report_path = run_dir / "data" / "prepare_report.json"
         report_path.write_text(json.dumps(splits.report, ensure_ascii=False, indent=1))
+    guard = forgetting.make_guard(
+        recipe, reference, tokenizer.pad_token_id, metrics, run_dir if checkpoint else None
+    )
     if accelerator.is_main_process:
         update_manifest(
             run_dir,
@@ -141,6 +169,7 @@ def train(
             trainable_params=trainable,
             total_params=total,
             **_phase1_count(trainable, unfreezing),
+            **({"init_from": init.manifest_entry()} if init else {}),
             plan=plan.__dict__,
             **environment(),
         )
@@ -165,6 +194,7 @@ def train(
             metrics,
             batch_maker(recipe, tokenizer.pad_token_id, device),
             unfreezing,
+            guard,
         )
     except BaseException as exc:
         if accelerator.is_main_process:
@@ -182,22 +212,79 @@ def train(
         final_step = _save_final(model, tokenizer, run_dir, recipe, result.state)
         update_manifest(
             run_dir,
-            status="early_stopped" if result.stopped_early else "completed",
+            status=_final_status(result),
             finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             steps=result.state.step,
             final_step=final_step,
             best_step=result.state.best_step,
             best_val_loss=result.state.best_val_loss,
             peak_memory_mb=peak_memory_mb(),
+            **(guard.summary() if guard else {}),
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def _final_status(result: FitResult) -> str:
+    if result.stopped_forgetting:
+        return "stopped_forgetting"
+    return "early_stopped" if result.stopped_early else "completed"
 
 
 def _phase1_count(trainable: int, unfreezing: gradual.Unfreezing | None) -> dict[str, int]:
     if unfreezing is None:
         return {}
     return {"trainable_params_phase1": trainable - sum(p.numel() for p in unfreezing.waiting)}
+
+
+def _objective(recipe: Recipe, model, teacher) -> torch.nn.Module:
+    """The loss module of the recipe's task; its forward returns LossParts."""
+    task, preference = recipe.task, recipe.preference
+    if task == "classification":
+        return ClassificationLoss(model)
+    if task == "dpo":
+        return DPOLoss(model, preference.beta, preference.loss_type)
+    if task == "kto":
+        return KTOLoss(
+            model, preference.beta, preference.desirable_weight, preference.undesirable_weight
+        )
+    if task == "orpo":
+        return ORPOLoss(model, preference.beta)
+    if task == "reward":
+        return RewardLoss(model)
+    if task == "distill":
+        return DistillLoss(model, teacher, recipe.distill.temperature, recipe.distill.alpha)
+    return CausalLMLoss(model)  # sft, pretrain
+
+
+def _precompute_reference(accelerator, objective, rows, recipe: Recipe, pad_token_id) -> None:
+    """Reference log-probabilities of every train and val pair, from the untrained weights."""
+    items = rows["train"] + rows["val"]
+    size = recipe.train.batch_size // recipe.train.grad_accum
+    device = accelerator.device
+    batches = (
+        {k: v.to(device) for k, v in collate_pairs(items[i : i + size], pad_token_id).items()}
+        for i in range(0, len(items), size)
+    )
+    log.info("reference log-probabilities of %d pairs, computed once up front", len(items))
+    with accelerator.autocast():
+        accelerator.unwrap_model(objective).precompute_reference(batches)
+
+
+def _load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
+    """The distillation teacher; it must read text with the student's tokenizer."""
+    source = models.resolve(recipe.distill.teacher)
+    teacher_tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            f"distill.teacher: {recipe.distill.teacher} uses another tokenizer than "
+            f"{recipe.model.base}; token distributions can only be matched over one vocabulary"
+        )
+    teacher = models.load_causal_lm(
+        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
+    )
+    log.info("teacher %s: %s parameters", recipe.distill.teacher, f"{teacher.num_parameters():,}")
+    return teacher
 
 
 def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
@@ -244,8 +331,10 @@ def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
     """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
     if recipe.task == "classification":
         return partial(collate_classification, pad_token_id=pad_token_id)
-    if recipe.task == "dpo":
+    if recipe.task in PAIR_TASKS:
         return partial(collate_pairs, pad_token_id=pad_token_id)
+    if recipe.task == "kto":
+        return partial(collate_kto, pad_token_id=pad_token_id)
     packing = recipe.data.packing
     if recipe.method.name in PROMPT_LEARNING:
         if packing is True:
@@ -268,10 +357,17 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
 
 def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None) -> dict:
     """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
+    if recipe.task in PAIR_TASKS:
+        return _pair_rows(splits, tokenizer, recipe)
+    if recipe.task == "kto":
+        return _feedback_rows(splits, tokenizer, recipe)
     if labels is not None:
         return _classification_rows(splits, tokenizer, recipe, labels)
-    if recipe.task == "dpo":
-        return _pair_rows(splits, tokenizer, recipe)
+    if recipe.task == "pretrain" and any(e.text is None for e in splits.train[:1]):
+        raise UserError(
+            f"{recipe.data.train}: task pretrain learns from raw text rows "
+            '({"text": ...}); conversations belong to task sft'
+        )
     if recipe.task == "sft" and any(e.label is not None for e in splits.train[:1]):
         raise UserError(
             f"{recipe.data.train}: rows are classification rows (a text and a label); task sft "
@@ -280,7 +376,7 @@ def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None
     rows = {}
     for split_name in ("train", "val", "test"):
         examples = getattr(splits, split_name)
-        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe.data)
+        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe)
         if examples:
             log.info("data %s: %s", split_name, report.summary())
     if not rows["train"]:
@@ -293,7 +389,7 @@ def _pair_rows(splits, tokenizer, recipe: Recipe) -> dict:
     for split_name in ("train", "val", "test"):
         examples = getattr(splits, split_name)
         if any("rejected" not in e.meta for e in examples[:1]):
-            raise UserError(f"{recipe.data.train}: task dpo needs chosen/rejected rows")
+            raise UserError(f"{recipe.data.train}: task {recipe.task} needs chosen/rejected rows")
         rows[split_name], report = tokenize_pairs(
             examples,
             tokenizer,
@@ -304,6 +400,33 @@ def _pair_rows(splits, tokenizer, recipe: Recipe) -> dict:
             log.info("data %s pairs: %s", split_name, report.summary())
     if not rows["train"]:
         raise UserError(f"{recipe.data.train}: no training pair left")
+    return rows
+
+
+def _feedback_rows(splits, tokenizer, recipe: Recipe) -> dict:
+    """KTO rows: answers marked desirable or not, from unpaired feedback rows (prompt,
+    completion, label true/false) or from preference pairs (chosen desirable, rejected not)."""
+    rows = {}
+    for split_name in ("train", "val", "test"):
+        examples = getattr(splits, split_name)
+        settings = {
+            "max_length": recipe.data.max_length,
+            "system_prompt": recipe.data.system_prompt,
+        }
+        if all("rejected" in e.meta for e in examples):
+            pairs, report = tokenize_pairs(examples, tokenizer, **settings)
+            rows[split_name] = kto_rows(pairs)
+        elif all(isinstance(e.meta.get("label"), bool) for e in examples):
+            rows[split_name], report = tokenize_feedback(examples, tokenizer, **settings)
+        else:
+            raise UserError(
+                f"{recipe.data.train}: task kto needs prompt/completion rows with a label "
+                "true or false, or chosen/rejected pairs"
+            )
+        if examples:
+            log.info("data %s feedback: %s", split_name, report.summary())
+    if not rows["train"]:
+        raise UserError(f"{recipe.data.train}: no training row left")
     return rows
 
 
@@ -345,7 +468,7 @@ def _build_model(
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_method(model, recipe.method, recipe.task)
+    model = apply_method(model, recipe.method, "classification" if labels else recipe.task)
     if recipe.train.compile:
         decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
     trainable, total = count_parameters(model)
