@@ -13,9 +13,9 @@ import torch
 
 from migaki.data.batches import collate
 from migaki.data.formats import Example
-from migaki.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
+from migaki.data.tokenize import TokenizedExample, tokenize_example
 from migaki.evaluate.generation import LoadedModel, _autocast
-from migaki.train.objectives import decoder
+from migaki.train.objectives import decoder, is_prompt_learning, labelled_logps, logps_from_states
 
 
 @dataclass
@@ -114,7 +114,7 @@ def question_logprobs(
     Returns sums (rows,) float32 in nats and counts (rows,) int64."""
     device = next(model.parameters()).device
     shared = _shared_prefix(rows)
-    if shared == 0 or _is_prompt_learning(model):
+    if shared == 0 or is_prompt_learning(model):
         batch = collate(rows, pad_token_id)
         return answer_logprobs(model, {key: value.to(device) for key, value in batch.items()})
     body = decoder(model)
@@ -138,7 +138,8 @@ def question_logprobs(
         [prefix.last_hidden_state.expand(len(rows), -1, -1), tail.last_hidden_state], dim=1
     )  # (rows, seq, hidden), as one padded forward pass would give
     prefix_labels = torch.tensor([rows[0].labels[:shared]] * len(rows), device=device)
-    return _labelled_logprobs(model, hidden, torch.cat([prefix_labels, rest["labels"]], dim=1))
+    labels = torch.cat([prefix_labels, rest["labels"]], dim=1)
+    return logps_from_states(model.get_output_embeddings(), hidden, labels)
 
 
 def answer_logprobs(
@@ -150,38 +151,12 @@ def answer_logprobs(
     attention_mask for padded rows. Like `causal_lm_loss`, the LM head runs only on labelled
     positions, `chunk_rows` at a time, so no (rows, seq, vocab) logits are built.
     Returns sums (rows,) float32 in nats and counts (rows,) int64."""
-    if _is_prompt_learning(model):
+    if is_prompt_learning(model):
         # Soft prompts live in PeftModel's forward, which only returns full logits.
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         logits = logits[:, -batch["input_ids"].shape[1] :]  # drop the virtual-token positions
-        return _labelled_logprobs(model, logits, batch["labels"], are_logits=True)
-    hidden = decoder(model)(
-        input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False
-    ).last_hidden_state  # (rows, seq, hidden)
-    return _labelled_logprobs(model, hidden, batch["labels"], chunk_rows=chunk_rows)
-
-
-def _labelled_logprobs(
-    model,
-    states: torch.Tensor,
-    labels: torch.Tensor,
-    are_logits: bool = False,
-    chunk_rows: int = 4096,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row sums of the labelled tokens' log-probs and their counts, from hidden states
-    (rows, seq, hidden) through the LM head, or from logits (rows, seq, vocab) if `are_logits`;
-    labels (rows, seq) unshifted."""
-    labels = labels[:, 1:]  # states at t predict the token at t+1
-    keep = labels != IGNORE_INDEX  # (rows, seq-1)
-    selected, target = states[:, :-1][keep], labels[keep]  # (labelled, hidden), (labelled,)
-    token_logps = selected.new_zeros(len(target), dtype=torch.float32)
-    lm_head = torch.nn.Identity() if are_logits else model.get_output_embeddings()
-    for start in range(0, len(target), chunk_rows):
-        end = start + chunk_rows
-        token_logps[start:end] = _token_logps(lm_head(selected[start:end]), target[start:end])
-    row_of_token = keep.nonzero(as_tuple=True)[0]  # the row each labelled token belongs to
-    sums = torch.zeros(len(labels), dtype=torch.float32, device=labels.device)
-    return sums.index_add_(0, row_of_token, token_logps), keep.sum(dim=-1)
+        return logps_from_states(torch.nn.Identity(), logits, batch["labels"], chunk_rows)
+    return labelled_logps(model, batch, chunk_rows)
 
 
 def _cache_of(output, body: torch.nn.Module) -> tuple[object, str]:
@@ -203,17 +178,6 @@ def _shared_prefix(rows: list[TokenizedExample]) -> int:
     ):
         length += 1
     return length
-
-
-def _token_logps(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """log p of each target token; logits (tokens, vocab), target (tokens,) -> (tokens,) fp32."""
-    logps = torch.log_softmax(logits.float(), dim=-1)
-    return logps.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-
-
-def _is_prompt_learning(model) -> bool:
-    config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning)
 
 
 def _hits(picks: list[int], answers: list[int]) -> int:

@@ -36,7 +36,7 @@ def causal_lm_loss(model, batch: dict[str, torch.Tensor], chunk_rows: int = 4096
     are recomputed in the backward pass instead of kept: the (tokens x vocab) logits are never
     held in memory at once.
     """
-    if _is_prompt_learning(model):
+    if is_prompt_learning(model):
         return prompt_learning_loss(model, batch)
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX  # (batch, seq-1)
@@ -73,17 +73,25 @@ def labelled_logps(
     As in `causal_lm_loss`, the LM head runs only on labelled positions, in chunks recomputed in
     the backward pass, so no (rows x seq x vocab) tensor is built. Returns ((rows,) float32,
     (rows,) int64)."""
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE_INDEX
     hidden = decoder(model)(
         input_ids=batch["input_ids"],
         attention_mask=batch.get("attention_mask"),
         position_ids=batch.get("position_ids"),
         use_cache=False,
     ).last_hidden_state
-    selected = hidden[:, :-1][keep]
+    return logps_from_states(model.get_output_embeddings(), hidden, batch["labels"], chunk_rows)
+
+
+def logps_from_states(
+    head: torch.nn.Module, states: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`labelled_logps` from states (rows, seq, dim) already computed: decoder hidden states
+    with the LM head as `head`, or logits with `torch.nn.Identity()`; labels (rows, seq)
+    unshifted (states at t score the label at t+1)."""
+    labels = labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    selected = states[:, :-1][keep]
     target = labels[keep]
-    head = model.get_output_embeddings()
     pieces = []
     for start in range(0, len(target), chunk_rows):
         rows, wanted = selected[start : start + chunk_rows], target[start : start + chunk_rows]
@@ -91,9 +99,9 @@ def labelled_logps(
             pieces.append(checkpoint(_head_logps, head, rows, wanted, use_reentrant=False))
         else:
             pieces.append(_head_logps(head, rows, wanted))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    token_logps = torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
     row_of_token = keep.nonzero()[:, 0]
-    sums = hidden.new_zeros(len(labels), dtype=torch.float32)
+    sums = states.new_zeros(len(labels), dtype=torch.float32)
     return sums.index_add(0, row_of_token, token_logps), keep.sum(dim=-1)
 
 
@@ -116,7 +124,7 @@ def prompt_learning_loss(model, batch: dict[str, torch.Tensor]) -> LossParts:
     return LossParts(loss_sum, int(keep.sum()), correct)
 
 
-def _is_prompt_learning(model) -> bool:
+def is_prompt_learning(model) -> bool:
     config = getattr(model, "active_peft_config", None)
     return bool(config is not None and config.is_prompt_learning)
 
