@@ -142,3 +142,28 @@ def test_eval_scores_a_classification_run_against_the_majority_baseline(
     assert "<h2>Per label</h2>" in (run / "report.html").read_text()
     assert main(["generate", str(run), "--prompt", "hi"]) == 2
     assert "does not generate text" in capsys.readouterr().err
+
+
+def test_other_text_and_label_columns_are_named_in_the_recipe(tmp_path, tiny_encoder, capsys):
+    rows = [
+        {"review": r["sentence"], "stars": r["label"], "id": i}
+        for i, r in enumerate(sentiment_rows(80))
+    ]
+    data = write_jsonl(tmp_path / "reviews.jsonl", rows)
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_encoder,
+        data,
+        task="classification",
+        data={"text_column": "review", "label_column": "stars", "split": {"test": 0.2}},
+        method={"name": "full"},
+        train={"max_steps": 6, "batch_size": 8, "eval_every": 6},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    assert "accuracy" in val_metrics(run)[-1]
+    assert main(["eval", str(run)]) == 0  # the run's own test split
+    assert main(["eval", str(run), "--data", str(data)]) == 0  # the user's layout
+    broken = write_jsonl(tmp_path / "broken.jsonl", [{"text": "a", "review": "b", "stars": "pos"}])
+    assert main(["data", "validate", str(broken), "--recipe", str(recipe)]) == 2
+    assert "also has a field 'text' beside 'review'" in capsys.readouterr().out

@@ -175,6 +175,11 @@ class DataConfig(Section):
         None, description="Column names of csv/tsv files that have no header line."
     )
     label_column: str = Field("label", description="The field holding a row's label.")
+    text_column: str | None = Field(
+        None,
+        description="The field holding a row's text, for classification and text rows whose "
+        "text is not in `text`, `sentence` or `content` (read as `text`).",
+    )
     max_rows: int | None = Field(
         None, ge=1, description="Use a seeded random sample of this many training rows."
     )

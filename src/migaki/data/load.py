@@ -47,6 +47,30 @@ def read_records(path: str | Path, columns: list[str] | None = None) -> list[Rec
     return scan.records
 
 
+def with_text_column(scan: Scan, text_column: str | None) -> Scan:
+    """Rows whose `text_column` field is renamed `text`, the name every format reads; a row
+    holding both (or lacking it) becomes a problem of that row."""
+    if text_column is None or text_column == "text":
+        return scan
+    records, problems = [], list(scan.problems)
+    for record in scan.records:
+        fields = record.fields
+        if text_column not in fields or "text" in fields:
+            why = "has no field" if text_column not in fields else "also has a field 'text' beside"
+            problems.append(
+                DataError(
+                    record.source,
+                    record.line,
+                    f"row {why} '{text_column}' (data.text_column)",
+                    "missing_field" if text_column not in fields else "ambiguous_field",
+                )
+            )
+            continue
+        renamed = {("text" if key == text_column else key): value for key, value in fields.items()}
+        records.append(Record(record.source, record.line, renamed))
+    return Scan(records, problems, scan.notes)
+
+
 def scan_records(path: str | Path, columns: list[str] | None = None) -> Scan:
     """Read what can be read and collect a DataError per unreadable row. `columns` names the
     columns of a csv/tsv file that has no header line. A missing file or an unknown file type

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from migaki.config import DataConfig
 from migaki.data.formats import Example, convert_records
-from migaki.data.load import Record, scan_records
+from migaki.data.load import Record, scan_records, with_text_column
 from migaki.errors import DataError
 
 
@@ -43,9 +43,10 @@ def validate_file(
     label_column: str = "label",
     labels: list[str] | None = None,
     columns: list[str] | None = None,
+    text_column: str | None = None,
 ) -> Validation:
-    """Every problem in the file, and warnings."""
-    scan = scan_records(path, columns)
+    """Every problem in the file, and warnings. `text_column` names the field read as `text`."""
+    scan = with_text_column(scan_records(path, columns), text_column)
     examples, problems, file_format = convert_records(scan.records, fmt, label_column)
     valid_lines = {example.line for example in examples}
     records = [record for record in scan.records if record.line in valid_lines]
@@ -62,7 +63,12 @@ def validate_file(
 def validate_for(path: str | Path, data: DataConfig) -> Validation:
     """`validate_file` with the format, label and column settings of a recipe's data section."""
     return validate_file(
-        path, data.format, label_column=data.label_column, labels=data.labels, columns=data.columns
+        path,
+        data.format,
+        label_column=data.label_column,
+        labels=data.labels,
+        columns=data.columns,
+        text_column=data.text_column,
     )
 
 

@@ -16,7 +16,7 @@ from migaki import models
 from migaki.config import Recipe
 from migaki.data.classify import collate_classification, tokenize_classification
 from migaki.data.formats import Example, to_examples
-from migaki.data.load import read_records
+from migaki.data.load import scan_records, with_text_column
 from migaki.errors import UserError
 from migaki.train.loop import f1_macro
 
@@ -64,9 +64,15 @@ def _examples(run: Path, recipe: Recipe, data: str | Path | None) -> list[Exampl
     path = Path(data) if data else run / "data" / "test.jsonl"
     if data is None and (not path.is_file() or not path.read_text().strip()):
         raise UserError(f"{run}: the run has no test split; give --data FILE")
+    # the run's own split files are written in migaki's layout; a user's file in theirs
     columns = recipe.data.columns if data else None
-    records = read_records(path, columns)
-    examples = [e for e in to_examples(records, "auto", recipe.data.label_column) if e.label]
+    text_column = recipe.data.text_column if data else None
+    scan = with_text_column(scan_records(path, columns), text_column)
+    if scan.problems:
+        raise scan.problems[0]
+    records = scan.records
+    label_column = recipe.data.label_column if data else "label"
+    examples = [e for e in to_examples(records, "auto", label_column) if e.label]
     if not examples:
         raise UserError(f"{path}: no labelled rows (text and {recipe.data.label_column})")
     return examples
