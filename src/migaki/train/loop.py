@@ -305,9 +305,11 @@ def evaluate_rows(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float]:
-    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
+    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`).
+    Rows are batched in order of length: sums do not depend on the order, padding does."""
     loss_sum, tokens, correct, confusion = 0.0, 0, 0, None
     extras: dict[str, float] = {}
+    rows = sorted(rows, key=lambda row: len(row.input_ids))
     for start in range(0, len(rows), batch_size):
         batch = _to_device(collate_fn(rows[start : start + batch_size]), device)
         with autocast():
