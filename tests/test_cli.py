@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import write_recipe
+from conftest import write_jsonl, write_recipe
 
 from migaki.cli import main
 
@@ -129,3 +129,19 @@ def test_estimate_measures_a_short_run(tmp_path, recipe_file, capsys):
     assert figures["seconds_per_step"] > 0
     assert figures["cost"] == pytest.approx(figures["total_seconds"] / 3600 * 3.6, abs=1e-3)
     assert "peak memory" in printed and "cost" in printed
+
+
+def test_estimate_measures_preference_tasks_too(tmp_path, tiny_model, capsys):
+    from test_dpo import pairs
+
+    data = write_jsonl(tmp_path / "p.jsonl", pairs(24))
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_model, data, task="dpo", data={"max_length": 64}
+    )
+    out = tmp_path / "estimate.json"
+    code, _, err = run_cli(capsys, "estimate", recipe, "--steps", "2", "--json", out)
+    assert code == 0, err
+    figures = json.loads(out.read_text())
+    assert figures["train_rows"] == 20  # pairs (10% val, 10% test held out of 24)
+    assert figures["labelled_tokens_per_epoch"] == 20  # the loop counts pairs
+    assert figures["tokens_per_epoch"] > 20 * 2 * 5 and figures["tokens_per_s"] > 0

@@ -18,9 +18,9 @@ from typing import Any
 from migaki import models
 from migaki.config import Recipe, load_recipe
 from migaki.data import load_splits
-from migaki.data.cache import tokenize_for_recipe
 from migaki.errors import UserError
 from migaki.train import plan_steps
+from migaki.train.session import task_labels, tokenize_splits
 from migaki.train.tracking import read_metrics
 
 
@@ -34,10 +34,6 @@ def estimate(
     seconds_per_epoch, total_seconds, cost (None without a price)."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_path, overrides)
-    if recipe.task not in ("sft", "pretrain"):
-        raise UserError(
-            f"task: migaki estimate measures tasks sft and pretrain so far, not {recipe.task}"
-        )
     steps = steps or recipe.estimate.steps
     price = price_per_hour if price_per_hour is not None else recipe.estimate.price_per_hour
     tokens, labelled, rows = _count_tokens(recipe)
@@ -69,12 +65,14 @@ def estimate(
 
 
 def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
-    """(real tokens, labelled tokens, rows) of one epoch of the training split."""
-    tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
+    """(real tokens, labelled tokens, rows) of one epoch of the training split, tokenized as
+    the recipe's task trains on it (pairs count both sequences; labelled counts rows there)."""
+    chat = recipe.task != "classification"
+    tokenizer = models.load_tokenizer(
+        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=chat
+    )
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
-    rows, _ = tokenize_for_recipe(splits.train, tokenizer, recipe)
-    if not rows:
-        raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
+    rows = tokenize_splits(splits, tokenizer, recipe, task_labels(recipe, splits))["train"]
     return sum(len(r.input_ids) for r in rows), sum(r.trainable_tokens for r in rows), len(rows)
 
 

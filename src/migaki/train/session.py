@@ -105,11 +105,9 @@ def train(
     reference = forgetting.load_reference(recipe, tokenizer, splits)
     if checkpoint is not None:
         _check_resume(checkpoint, recipe, splits.hashes, force)
-    labels = label_map(splits.train, recipe.data.labels) if classify else None
-    if recipe.task == "reward":
-        labels = ["reward"]  # one output: the score
+    labels = task_labels(recipe, splits)
     continual.check_labels(init, labels)
-    rows = _tokenize_splits(splits, tokenizer, recipe, labels)
+    rows = tokenize_splits(splits, tokenizer, recipe, labels)
     model, trainable, total = _build_model(
         recipe, source, precision, device, labels, tokenizer.pad_token_id
     )
@@ -355,7 +353,14 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
-def _tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None) -> dict:
+def task_labels(recipe: Recipe, splits) -> list[str] | None:
+    """The outputs of a model with a task head: the class labels, or one reward score."""
+    if recipe.task == "classification":
+        return label_map(splits.train, recipe.data.labels)
+    return ["reward"] if recipe.task == "reward" else None
+
+
+def tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None) -> dict:
     """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
     if recipe.task in PAIR_TASKS:
         return _pair_rows(splits, tokenizer, recipe)
