@@ -161,3 +161,20 @@ def test_dpo_with_full_fine_tuning_uses_references_computed_up_front(tmp_path, t
     val = [m for m in read_metrics(run) if m.get("split") == "val"]
     assert val[0]["reward_margin"] == 0.0  # the references are the untrained model's
     assert val[-1]["reward_margin"] > 0 and val[-1]["pref_accuracy"] >= 0.75
+
+
+def test_dropping_early_turns_never_leaves_an_answer_first():
+    from migaki.data.pairs import _without_first_exchange
+
+    def turn(role):
+        return {"role": role, "content": role}
+
+    prompt = [turn("user"), turn("assistant"), turn("assistant"), turn("user")]
+    assert [m["role"] for m in _without_first_exchange(prompt)] == ["user"]
+    prompt = [turn("system"), turn("user"), turn("user"), turn("assistant"), turn("user")]
+    assert [m["role"] for m in _without_first_exchange(prompt)] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+    ]

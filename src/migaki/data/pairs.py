@@ -78,11 +78,13 @@ def _earlier_turns(prompt: list[dict[str, str]]) -> bool:
 
 
 def _without_first_exchange(prompt: list[dict[str, str]]) -> list[dict[str, str]]:
-    """The prompt without its first non-system turn and the answer to it."""
+    """The prompt without its first non-system turn and any answers that followed it, so that
+    it starts with a user turn again (chat templates render no leading answer)."""
     system = [m for m in prompt if m["role"] == "system"]
-    turns = [m for m in prompt if m["role"] != "system"]
-    drop = 2 if len(turns) > 2 and turns[1]["role"] == "assistant" else 1
-    return system + turns[drop:]
+    turns = [m for m in prompt if m["role"] != "system"][1:]
+    while len(turns) > 1 and turns[0]["role"] != "user":
+        turns = turns[1:]
+    return system + turns
 
 
 def collate_pairs(rows: list[PairRow], pad_token_id: int) -> dict[str, torch.Tensor]:
