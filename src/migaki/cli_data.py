@@ -7,8 +7,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 from migaki.cli_parsing import add_command
+from migaki.config import DataFormat
 from migaki.errors import UserError
 
 EXAMPLES = {
@@ -17,17 +19,7 @@ EXAMPLES = {
     "doctor": "migaki data doctor recipe.yaml --samples 3",
     "report": "migaki data report tickets.jsonl -o report.html",
 }
-FORMATS = [
-    "auto",
-    "messages",
-    "alpaca",
-    "sharegpt",
-    "prompt_completion",
-    "text",
-    "classification",
-    "preference",
-    "choice",
-]
+FORMATS = list(get_args(DataFormat))
 
 
 def add_data_command(commands) -> None:
