@@ -20,7 +20,7 @@ from migaki.config import Recipe, load_recipe
 from migaki.data import load_splits
 from migaki.errors import UserError
 from migaki.train import plan_steps
-from migaki.train.session import task_labels, tokenize_splits
+from migaki.train.tasks import task_labels, tokenize_splits
 from migaki.train.tracking import read_metrics
 
 

@@ -8,7 +8,6 @@ import logging
 import os
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -19,26 +18,9 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 from migaki import models
 from migaki.config import Recipe
 from migaki.data import load_splits, write_split
-from migaki.data.batches import collate
-from migaki.data.cache import tokenize_for_recipe
-from migaki.data.classify import (
-    class_counts,
-    collate_classification,
-    label_map,
-    tokenize_classification,
-)
-from migaki.data.packing import collate_packed
-from migaki.data.pairs import (
-    collate_kto,
-    collate_pairs,
-    kto_rows,
-    tokenize_feedback,
-    tokenize_pairs,
-)
 from migaki.data.replay import mix_replay
 from migaki.errors import UserError
 from migaki.methods import (
-    PROMPT_LEARNING,
     apply_method,
     count_parameters,
     gradual,
@@ -46,7 +28,7 @@ from migaki.methods import (
     save_final,
 )
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
-from migaki.train import continual, forgetting
+from migaki.train import continual, forgetting, tasks
 from migaki.train.checkpoint import (
     LoopState,
     checkpoint_dir,
@@ -56,13 +38,6 @@ from migaki.train.checkpoint import (
 )
 from migaki.train.loop import FitResult, StepPlan, fit
 from migaki.train.objectives import (
-    CausalLMLoss,
-    ClassificationLoss,
-    DistillLoss,
-    DPOLoss,
-    KTOLoss,
-    ORPOLoss,
-    RewardLoss,
     decoder,
 )
 from migaki.train.precision import choose_precision
@@ -70,8 +45,6 @@ from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
-
-PAIR_TASKS = ("dpo", "orpo", "reward")  # batches of chosen and rejected sequences
 
 
 def train(
@@ -97,7 +70,7 @@ def train(
     source = models.resolve(recipe.model.base)
     classify = recipe.task == "classification"
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=not classify)
-    teacher = _load_teacher(recipe, tokenizer) if recipe.task == "distill" else None
+    teacher = tasks.load_teacher(recipe, tokenizer) if recipe.task == "distill" else None
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     for step in splits.steps:
         log.info("data %s", step.summary())
@@ -105,9 +78,9 @@ def train(
     reference = forgetting.load_reference(recipe, tokenizer, splits)
     if checkpoint is not None:
         _check_resume(checkpoint, recipe, splits.hashes, force)
-    labels = task_labels(recipe, splits)
+    labels = tasks.task_labels(recipe, splits)
     continual.check_labels(init, labels)
-    rows = tokenize_splits(splits, tokenizer, recipe, labels)
+    rows = tasks.tokenize_splits(splits, tokenizer, recipe, labels)
     model, trainable, total = _build_model(
         recipe, source, precision, device, labels, tokenizer.pad_token_id
     )
@@ -116,10 +89,10 @@ def train(
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    objective, optimizer = accelerator.prepare(_objective(recipe, model, teacher), optimizer)
+    objective, optimizer = accelerator.prepare(tasks.objective(recipe, model, teacher), optimizer)
     if recipe.task == "dpo" and not hasattr(model, "disable_adapter"):
         # before a checkpoint loads: the reference is the model as training starts
-        _precompute_reference(accelerator, objective, rows, recipe, tokenizer.pad_token_id)
+        tasks.precompute_reference(accelerator, objective, rows, recipe, tokenizer.pad_token_id)
     # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
     # process draws its own dropout masks, so checkpoints keep one random state per process.
     set_seed(recipe.train.seed, device_specific=True)
@@ -190,7 +163,7 @@ def train(
             state,
             run_dir,
             metrics,
-            batch_maker(recipe, tokenizer.pad_token_id, device),
+            tasks.batch_maker(recipe, tokenizer.pad_token_id, device),
             unfreezing,
             guard,
         )
@@ -235,56 +208,6 @@ def _phase1_count(trainable: int, unfreezing: gradual.Unfreezing | None) -> dict
     return {"trainable_params_phase1": trainable - sum(p.numel() for p in unfreezing.waiting)}
 
 
-def _objective(recipe: Recipe, model, teacher) -> torch.nn.Module:
-    """The loss module of the recipe's task; its forward returns LossParts."""
-    task, preference = recipe.task, recipe.preference
-    if task == "classification":
-        return ClassificationLoss(model)
-    if task == "dpo":
-        return DPOLoss(model, preference.beta, preference.loss_type)
-    if task == "kto":
-        return KTOLoss(
-            model, preference.beta, preference.desirable_weight, preference.undesirable_weight
-        )
-    if task == "orpo":
-        return ORPOLoss(model, preference.beta)
-    if task == "reward":
-        return RewardLoss(model)
-    if task == "distill":
-        return DistillLoss(model, teacher, recipe.distill.temperature, recipe.distill.alpha)
-    return CausalLMLoss(model)  # sft, pretrain
-
-
-def _precompute_reference(accelerator, objective, rows, recipe: Recipe, pad_token_id) -> None:
-    """Reference log-probabilities of every train and val pair, from the untrained weights."""
-    items = rows["train"] + rows["val"]
-    size = recipe.train.batch_size // recipe.train.grad_accum
-    device = accelerator.device
-    batches = (
-        {k: v.to(device) for k, v in collate_pairs(items[i : i + size], pad_token_id).items()}
-        for i in range(0, len(items), size)
-    )
-    log.info("reference log-probabilities of %d pairs, computed once up front", len(items))
-    with accelerator.autocast():
-        accelerator.unwrap_model(objective).precompute_reference(batches)
-
-
-def _load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
-    """The distillation teacher; it must read text with the student's tokenizer."""
-    source = models.resolve(recipe.distill.teacher)
-    teacher_tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            f"distill.teacher: {recipe.distill.teacher} uses another tokenizer than "
-            f"{recipe.model.base}; token distributions can only be matched over one vocabulary"
-        )
-    teacher = models.load_causal_lm(
-        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
-    )
-    log.info("teacher %s: %s parameters", recipe.distill.teacher, f"{teacher.num_parameters():,}")
-    return teacher
-
-
 def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
     """Say how many processes train together, and refuse set-ups that would silently train
     independent copies or split a batch unevenly."""
@@ -325,24 +248,6 @@ def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
     )
 
 
-def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
-    """The collate function the recipe asks for: packed rows (no padding) or padded rows."""
-    if recipe.task == "classification":
-        return partial(collate_classification, pad_token_id=pad_token_id)
-    if recipe.task in PAIR_TASKS:
-        return partial(collate_pairs, pad_token_id=pad_token_id)
-    if recipe.task == "kto":
-        return partial(collate_kto, pad_token_id=pad_token_id)
-    packing = recipe.data.packing
-    if recipe.method.name in PROMPT_LEARNING:
-        if packing is True:
-            raise UserError(f"data.packing: method {recipe.method.name} cannot use packed rows")
-        packing = False  # virtual tokens sit before each row, not before each packed example
-    if packing is True or (packing == "auto" and device.type == "cuda"):
-        return partial(collate_packed, capacity=recipe.data.max_length, pad_token_id=pad_token_id)
-    return partial(collate, pad_token_id=pad_token_id)
-
-
 def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     # accelerate keeps one global state per process and refuses a second Accelerator with
     # other settings; a notebook or script that trains twice needs a clean one each time.
@@ -351,105 +256,6 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     GradientState._reset_state()
     mixed = "no" if precision == "fp32" else precision
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
-
-
-def task_labels(recipe: Recipe, splits) -> list[str] | None:
-    """The outputs of a model with a task head: the class labels, or one reward score."""
-    if recipe.task == "classification":
-        return label_map(splits.train, recipe.data.labels)
-    return ["reward"] if recipe.task == "reward" else None
-
-
-def tokenize_splits(splits, tokenizer, recipe: Recipe, labels: list[str] | None) -> dict:
-    """Tokenized train/val/test rows; each split's report is logged (nothing dropped silently)."""
-    if recipe.task in PAIR_TASKS:
-        return _pair_rows(splits, tokenizer, recipe)
-    if recipe.task == "kto":
-        return _feedback_rows(splits, tokenizer, recipe)
-    if labels is not None:
-        return _classification_rows(splits, tokenizer, recipe, labels)
-    if recipe.task == "pretrain" and any(e.text is None for e in splits.train[:1]):
-        raise UserError(
-            f"{recipe.data.train}: task pretrain learns from raw text rows "
-            '({"text": ...}); conversations belong to task sft'
-        )
-    if recipe.task == "sft" and any(e.label is not None for e in splits.train[:1]):
-        raise UserError(
-            f"{recipe.data.train}: rows are classification rows (a text and a label); task sft "
-            "learns from conversations or text (set data.format: text to model the text alone)"
-        )
-    rows = {}
-    for split_name in ("train", "val", "test"):
-        examples = getattr(splits, split_name)
-        rows[split_name], report = tokenize_for_recipe(examples, tokenizer, recipe)
-        if examples:
-            log.info("data %s: %s", split_name, report.summary())
-    if not rows["train"]:
-        raise UserError(f"{recipe.data.train}: no training row has a trainable token left")
-    return rows
-
-
-def _pair_rows(splits, tokenizer, recipe: Recipe) -> dict:
-    rows = {}
-    for split_name in ("train", "val", "test"):
-        examples = getattr(splits, split_name)
-        if any("rejected" not in e.meta for e in examples[:1]):
-            raise UserError(f"{recipe.data.train}: task {recipe.task} needs chosen/rejected rows")
-        rows[split_name], report = tokenize_pairs(
-            examples,
-            tokenizer,
-            max_length=recipe.data.max_length,
-            system_prompt=recipe.data.system_prompt,
-        )
-        if examples:
-            log.info("data %s pairs: %s", split_name, report.summary())
-    if not rows["train"]:
-        raise UserError(f"{recipe.data.train}: no training pair left")
-    return rows
-
-
-def _feedback_rows(splits, tokenizer, recipe: Recipe) -> dict:
-    """KTO rows: answers marked desirable or not, from unpaired feedback rows (prompt,
-    completion, label true/false) or from preference pairs (chosen desirable, rejected not)."""
-    rows = {}
-    for split_name in ("train", "val", "test"):
-        examples = getattr(splits, split_name)
-        settings = {
-            "max_length": recipe.data.max_length,
-            "system_prompt": recipe.data.system_prompt,
-        }
-        if all("rejected" in e.meta for e in examples):
-            pairs, report = tokenize_pairs(examples, tokenizer, **settings)
-            rows[split_name] = kto_rows(pairs)
-        elif all(isinstance(e.meta.get("label"), bool) for e in examples):
-            rows[split_name], report = tokenize_feedback(examples, tokenizer, **settings)
-        else:
-            raise UserError(
-                f"{recipe.data.train}: task kto needs prompt/completion rows with a label "
-                "true or false, or chosen/rejected pairs"
-            )
-        if examples:
-            log.info("data %s feedback: %s", split_name, report.summary())
-    if not rows["train"]:
-        raise UserError(f"{recipe.data.train}: no training row left")
-    return rows
-
-
-def _classification_rows(splits, tokenizer, recipe: Recipe, labels: list[str]) -> dict:
-    rows = {}
-    for split_name in ("train", "val", "test"):
-        examples = getattr(splits, split_name)
-        rows[split_name], report = tokenize_classification(
-            examples, tokenizer, labels, recipe.data.max_length
-        )
-        if examples:
-            counts = ", ".join(
-                f"{k} {v}" for k, v in class_counts(rows[split_name], labels).items()
-            )
-            log.info("data %s: %s; labels: %s", split_name, report.summary(), counts)
-    if not rows["train"]:
-        raise UserError(f"{recipe.data.train}: no training row left")
-    return rows
 
 
 def _build_model(
