@@ -159,7 +159,8 @@ def test_dpo_with_full_fine_tuning_uses_references_computed_up_front(tmp_path, t
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
     val = [m for m in read_metrics(run) if m.get("split") == "val"]
-    assert val[0]["reward_margin"] == 0.0  # the references are the untrained model's
+    assert abs(val[0]["reward_margin"]) < 1e-6  # the references are the untrained model's
+    assert val[0]["pref_accuracy"] == 0.0  # float noise between batchings is a tie
     assert val[-1]["reward_margin"] > 0 and val[-1]["pref_accuracy"] >= 0.75
 
 

@@ -15,6 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 from migaki.data.tokenize import IGNORE_INDEX
 
+TIE_NATS = 1e-4  # log-ratio margins below this count as ties in pref_accuracy
+
 
 @dataclass
 class LossParts:
@@ -192,6 +194,10 @@ class DPOLoss(torch.nn.Module):
             chosen_tokens=tokens[:pairs],
             rejected_tokens=tokens[pairs:],
         )
+        # A reference computed in another batch (other padding) differs from an unchanged
+        # policy by float noise (~1e-6 nats); a margin that small is a tie, not a win.
+        margin = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
+        stats.correct = int((margin.detach() > TIE_NATS).sum())
         return _preference_parts(stats)
 
     def _reference(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
