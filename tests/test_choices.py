@@ -1,6 +1,7 @@
 """Multiple-choice rows: the `choice` format, and scoring each choice by its log-likelihood."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -191,7 +192,8 @@ def test_the_right_choice_is_rendered_exactly_as_training_renders_the_row(tokeni
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model):
-    return load_for_inference(tiny_model)
+    # fp32 whatever this CPU's `auto` picks: the references below are fp32 full-logit sums
+    return replace(load_for_inference(tiny_model), precision="fp32")
 
 
 def plain_logprob(model, row) -> float:
