@@ -99,6 +99,64 @@ def test_labelled_logps_equal_full_logits_in_value_and_gradient(tiny_model, toke
         torch.testing.assert_close(chunked[name], parameter.grad, atol=1e-5, rtol=1e-4)
 
 
+def _uneven_pair_batch(tokenizer):
+    """Pairs whose prompts differ in length and turns, and whose answers start alike."""
+    from migaki.data.pairs import collate_pairs, tokenize_pairs
+
+    rows = [
+        {
+            "prompt": "Hi?",
+            "chosen": "Product 1 costs 1000 yen.",
+            "rejected": "Product 1 is sold out.",
+        },
+        {
+            "chosen": "\n\nHuman: Hello there\n\nAssistant: Hello!\n\nHuman: How much is "
+            "the kettle KZ-K120 today?\n\nAssistant: It costs 4,980 yen.",
+            "rejected": "\n\nHuman: Hello there\n\nAssistant: Hello!\n\nHuman: How much is "
+            "the kettle KZ-K120 today?\n\nAssistant: No.",
+        },
+        {"prompt": "What is the warranty?", "chosen": "One year.", "rejected": "One year"},
+    ]
+    examples = to_examples([Record("p", i + 1, row) for i, row in enumerate(rows)])
+    pair_rows, _ = tokenize_pairs(examples, tokenizer, max_length=64)
+    return collate_pairs(pair_rows, tokenizer.pad_token_id)
+
+
+def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradient(
+    tiny_model, tokenizer
+):
+    import torch
+
+    from migaki.config import MethodConfig
+    from migaki.methods import apply_method
+    from migaki.train.objectives import labelled_logps, pair_logps
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "dpo")
+    for _, parameter in model.named_parameters():  # a trained adapter, not the zero one
+        if parameter.requires_grad:
+            parameter.data.normal_(0, 0.05)
+    batch = _uneven_pair_batch(tokenizer)
+    assert len(set(batch["attention_mask"].sum(dim=-1).tolist())) > 2  # really uneven
+    weights = torch.randn(len(batch["input_ids"]))
+    shared, shared_tokens = pair_logps(model, batch, chunk_rows=5)
+    (shared * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    whole, whole_tokens = labelled_logps(model, batch)
+    (whole * weights).sum().backward()
+    torch.testing.assert_close(shared, whole, atol=1e-4, rtol=1e-5)
+    assert shared_tokens.tolist() == whole_tokens.tolist()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(grads[name], parameter.grad, atol=1e-5, rtol=1e-4)
+    with torch.no_grad(), model.disable_adapter():  # the reference path takes it too
+        torch.testing.assert_close(
+            pair_logps(model, batch)[0], labelled_logps(model, batch)[0], atol=1e-4, rtol=1e-5
+        )
+
+
 def test_reference_log_probs_are_computed_once_per_sequence(tiny_model, tokenizer):
     import torch
 
