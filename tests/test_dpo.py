@@ -2,6 +2,7 @@
 reference is the base with the adapter disabled; rewards and preference accuracy are logged
 on training and validation rows."""
 
+import pytest
 from conftest import write_jsonl, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -122,8 +123,9 @@ def _uneven_pair_batch(tokenizer):
     return collate_pairs(pair_rows, tokenizer.pad_token_id)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradient(
-    tiny_model, tokenizer
+    tiny_model, tokenizer, attention
 ):
     import torch
 
@@ -132,7 +134,9 @@ def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradi
     from migaki.train.objectives import labelled_logps, pair_logps
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(
+        tiny_model, dtype=torch.float32, attn_implementation=attention
+    )
     model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "dpo")
     for _, parameter in model.named_parameters():  # a trained adapter, not the zero one
         if parameter.requires_grad:

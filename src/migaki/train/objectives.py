@@ -91,57 +91,77 @@ def pair_logps(
     """`labelled_logps` of a `collate_pairs` batch (chosen rows, then rejected rows), with
     each pair's shared prompt run once.
 
-    A pair's two sequences are the same tokens up to the answers, so the decoder runs over
-    the prompts (right-padded), and both answers continue from the prompt's key/value cache,
-    repeated for the two. Gradients flow through the cache into the prompt's states. Causal
-    attention makes this exact: a prompt's states do not depend on what follows it. On
-    HH-style pairs (a long dialogue, two short answers) it skips about a third of the tokens.
-    Falls back to `labelled_logps` where a cache cannot be used: prompt-learning adapters
-    and gradient checkpointing (which turns the cache off)."""
-    body = decoder(model)
-    if is_prompt_learning(model) or getattr(body, "gradient_checkpointing", False):
+    A pair's two sequences are the same tokens up to the answers, so each pair becomes one row,
+    prompt + chosen answer + rejected answer, with position ids restarting at the rejected
+    answer and an attention mask that keeps the rejected answer from seeing the chosen one:
+    every token sees exactly what it sees in its own whole sequence, so the log-probabilities
+    and their gradients are those of the whole rows (tested). On HH-style pairs (a long
+    dialogue, two short answers) that is about a third fewer tokens, and less padding.
+    Prompt-learning adapters, whose virtual tokens PEFT adds in front of every row, take the
+    whole rows."""
+    if is_prompt_learning(model):
         return labelled_logps(model, batch, chunk_rows)
-    pairs = len(batch["input_ids"]) // 2
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
-    shared = [_pair_prefix(ids, labels, mask, i, i + pairs) for i in range(pairs)]
-    prefix_len, device = max(shared), ids.device
-    shared_t = torch.tensor(shared, device=device)
-    prompt_mask = (torch.arange(prefix_len, device=device) < shared_t[:, None]).long()
-    prompt = body(input_ids=ids[:pairs, :prefix_len], attention_mask=prompt_mask, use_cache=True)
-    cache, cache_name = cache_of(prompt, body)
-    order = torch.arange(2 * pairs, device=device).view(2, pairs).T.reshape(-1)  # c0 r0 c1 r1..
-    cache.batch_repeat_interleave(2)
-    # Each row's tail: its tokens from the end of its own prompt, left-aligned.
-    lengths = mask.sum(dim=-1)[order]
-    starts = shared_t.repeat_interleave(2)
-    tail_len = int((lengths - starts).max())
-    offsets = torch.arange(tail_len, device=device)
-    where = (starts[:, None] + offsets).clamp(max=ids.shape[1] - 1)
-    tail_mask = (offsets < (lengths - starts)[:, None]).long()
-    tail_ids = ids[order].gather(1, where) * tail_mask
-    tail = body(
-        input_ids=tail_ids,
-        attention_mask=torch.cat([prompt_mask.repeat_interleave(2, dim=0), tail_mask], dim=1),
-        position_ids=starts[:, None] + offsets,
-        use_cache=True,
-        **{cache_name: cache},
+    pairs, device = len(ids) // 2, ids.device
+    lengths = mask.sum(dim=-1)
+    shared = torch.tensor(
+        [_pair_prefix(ids, labels, mask, i, i + pairs) for i in range(pairs)], device=device
     )
-    # Reassemble each row's states in its own positions: prompt states, then tail states.
-    states = torch.cat(
-        [prompt.last_hidden_state.repeat_interleave(2, dim=0), tail.last_hidden_state], dim=1
+    chosen_tail, rejected_tail = lengths[:pairs] - shared, lengths[pairs:] - shared
+    width = int((shared + chosen_tail + rejected_tail).max())
+    slot = torch.arange(width, device=device)[None, :]  # (1, width): index within a pair row
+    # Where each slot of a pair row comes from: (side, position in that side's sequence).
+    in_rejected = slot >= (shared + chosen_tail)[:, None]
+    position = torch.where(in_rejected, slot - chosen_tail[:, None], slot)
+    real = slot < (shared + chosen_tail + rejected_tail)[:, None]
+    position = torch.where(real, position, 0)
+    source_row = torch.arange(pairs, device=device)[:, None] + pairs * in_rejected
+    row_ids = ids[source_row, position] * real
+    hidden = decoder(model)(
+        input_ids=row_ids,
+        attention_mask=_pair_attention(in_rejected, real, shared, _mask_kind(model)),
+        position_ids=position,
+        use_cache=False,
+    ).last_hidden_state  # (pairs, width, hidden)
+    # Back to the two sequences of each pair: sequence position p of the rejected side sits
+    # in the prompt slot p (p < shared) or after the chosen answer.
+    sequence = torch.arange(ids.shape[1], device=device)[None, :]
+    slot_of = torch.cat(
+        [
+            sequence.expand(pairs, -1),
+            torch.where(sequence < shared[:, None], sequence, sequence + chosen_tail[:, None]),
+        ]
+    ).clamp(max=width - 1)
+    pair_of = torch.arange(2 * pairs, device=device) % pairs
+    states = hidden[pair_of[:, None], slot_of]  # (2 * pairs, seq, hidden)
+    return logps_from_states(model.get_output_embeddings(), states, labels, chunk_rows)
+
+
+def _pair_attention(
+    in_rejected: torch.Tensor, real: torch.Tensor, shared: torch.Tensor, kind: str
+) -> torch.Tensor:
+    """(pairs, 1, width, width) mask of pair rows: causal, padding unseen, and the rejected
+    answer blind to the chosen one. Padding slots see themselves only (a row that sees nothing
+    would give NaN). sdpa takes it as bool; eager needs the additive form (a bool mask gives
+    wrong results there)."""
+    width = in_rejected.shape[1]
+    slot = torch.arange(width, device=in_rejected.device)
+    causal = slot[None, :] <= slot[:, None]  # (query, key)
+    in_chosen = (slot[None, :] >= shared[:, None]) & ~in_rejected & real
+    blind = in_rejected[:, :, None] & in_chosen[:, None, :]  # rejected query, chosen key
+    allowed = causal[None] & real[:, None, :] & ~blind
+    allowed = allowed | (~real[:, :, None] & torch.eye(width, dtype=torch.bool, device=slot.device))
+    allowed = allowed[:, None]
+    if kind == "bool":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=slot.device).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min
     )
-    positions = torch.arange(ids.shape[1], device=device)
-    source = torch.where(
-        positions[None, :] < starts[:, None],
-        positions[None, :],
-        prefix_len + (positions[None, :] - starts[:, None]).clamp(max=tail_len - 1),
-    )
-    states = states.gather(1, source[:, :, None].expand(-1, -1, states.shape[-1]))
-    head = model.get_output_embeddings()
-    logps, tokens = logps_from_states(head, states, labels[order], chunk_rows)
-    back = torch.empty_like(order)
-    back[order] = torch.arange(2 * pairs, device=device)
-    return logps[back], tokens[back]
+
+
+def _mask_kind(model) -> str:
+    implementation = getattr(decoder(model).config, "_attn_implementation", None) or "sdpa"
+    return "bool" if implementation == "sdpa" else "additive"
 
 
 def _pair_prefix(ids, labels, mask, chosen: int, rejected: int) -> int:
