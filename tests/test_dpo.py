@@ -241,3 +241,16 @@ def test_dropping_early_turns_never_leaves_an_answer_first():
         "assistant",
         "user",
     ]
+
+
+def test_label_smoothing_with_another_loss_is_refused_before_training(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "p.jsonl", pairs(8))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        task="dpo",
+        preference={"loss_type": "ipo", "label_smoothing": 0.1},
+    )
+    assert main(["train", str(recipe)]) == 2
+    assert "preference.label_smoothing applies to loss_type sigmoid only" in capsys.readouterr().err

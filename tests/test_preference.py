@@ -128,7 +128,7 @@ def test_gradients_reach_the_policy_logits_and_not_the_reference():
 # DPO
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "sigmoid_norm", "hinge", "ipo"])
 def test_dpo_loss_equals_trl_dpo_trainer(loss_type, policy, reference, tokenizer, tmp_path):
     trl = pytest.importorskip("trl")
     from datasets import Dataset

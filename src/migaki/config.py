@@ -267,7 +267,17 @@ class PreferenceConfig(Section):
         description="DPO: strength of the pull to the reference; ORPO: weight of the odds-ratio "
         "term (lambda).",
     )
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss.")
+    loss_type: Literal["sigmoid", "sigmoid_norm", "ipo", "hinge"] = Field(
+        "sigmoid",
+        description="DPO loss; sigmoid_norm and ipo compare per-token mean log-ratios, so "
+        "answer length alone teaches nothing.",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="DPO sigmoid: share of pairs assumed mislabelled (conservative DPO).",
+    )
     desirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of desirable rows.")
     undesirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of undesirable rows.")
 
@@ -406,6 +416,11 @@ class Recipe(Section):
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                 f"train.grad_accum ({self.train.grad_accum})"
+            )
+        if self.preference.label_smoothing and self.preference.loss_type != "sigmoid":
+            raise ValueError(
+                "preference.label_smoothing applies to loss_type sigmoid only "
+                f"(not {self.preference.loss_type})"
             )
         adapters = ("lora", "dora", "qlora", "ia3")
         reference_free = ("full", "freeze", "gradual")  # reference computed up front

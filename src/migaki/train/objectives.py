@@ -274,9 +274,12 @@ class DPOLoss(torch.nn.Module):
     log-probability up front from the untrained weights (`precompute_reference`), so they need
     no frozen copy either."""
 
-    def __init__(self, model: torch.nn.Module, beta: float, loss_type: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, beta: float, loss_type: str, label_smoothing: float = 0.0
+    ) -> None:
         super().__init__()
         self.model, self.beta, self.loss_type = model, beta, loss_type
+        self.label_smoothing = label_smoothing
         self.reference_logps: dict[bytes, float] = {}
 
     def forward(self, **batch: torch.Tensor) -> LossParts:
@@ -291,6 +294,7 @@ class DPOLoss(torch.nn.Module):
             reference[:pairs],
             reference[pairs:],
             beta=self.beta,
+            label_smoothing=self.label_smoothing,
             loss_type=self.loss_type,
             chosen_tokens=tokens[:pairs],
             rejected_tokens=tokens[pairs:],

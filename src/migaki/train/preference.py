@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from migaki.data.tokenize import IGNORE_INDEX
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+DPO_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "ipo", "hinge")
 
 
 @dataclass
@@ -104,6 +104,9 @@ def dpo_loss(
         "sigmoid": -logsigmoid(beta*d), as TRL. label_smoothing=eps > 0 gives conservative DPO,
             -(1-eps)*logsigmoid(beta*d) - eps*logsigmoid(-beta*d); TRL 1.16's "sigmoid" ignores
             label_smoothing, so the two agree only at eps=0.
+        "sigmoid_norm": -logsigmoid(beta*(d_c/n_c - d_r/n_r)), each side's log-ratio divided
+            by its completion token count (as TRL 1.16's "sigmoid_norm"): a change every token
+            shares cannot move the loss, so the answers' lengths teach nothing.
         "hinge": relu(1 - beta*d), as TRL.
         "ipo": (d_c/n_c - d_r/n_r - 1/(2*beta))**2 with each side's log-ratio divided by its
             completion token count (chosen_tokens, rejected_tokens: (pairs,), required), as
@@ -131,13 +134,16 @@ def dpo_loss(
     else:
         if chosen_tokens is None or rejected_tokens is None:
             raise ValueError(
-                "loss_type 'ipo' normalises by completion length: pass chosen_tokens and"
-                " rejected_tokens, the labelled-token count of each row."
+                f"loss_type {loss_type!r} normalises by completion length: pass chosen_tokens"
+                " and rejected_tokens, the labelled-token count of each row."
             )
-        ipo_delta = chosen_logratios / chosen_tokens.clamp(min=1) - rejected_logratios / (
+        norm_delta = chosen_logratios / chosen_tokens.clamp(min=1) - rejected_logratios / (
             rejected_tokens.clamp(min=1)
         )
-        losses = (ipo_delta - 1 / (2 * beta)) ** 2
+        if loss_type == "ipo":
+            losses = (norm_delta - 1 / (2 * beta)) ** 2
+        else:
+            losses = -F.logsigmoid(beta * norm_delta)
     return _paired_stats(losses, beta * chosen_logratios, beta * rejected_logratios)
 
 
