@@ -6,6 +6,7 @@ model is scored on what it knows rather than on whether it follows the answer fo
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, replace
 
 import torch
@@ -14,13 +15,7 @@ from migaki.data.batches import collate
 from migaki.data.formats import Example
 from migaki.data.tokenize import TokenizedExample, tokenize_example
 from migaki.evaluate.generation import LoadedModel, _autocast
-from migaki.train.objectives import (
-    cache_of,
-    decoder,
-    is_prompt_learning,
-    labelled_logps,
-    logps_from_states,
-)
+from migaki.train.objectives import decoder, is_prompt_learning, labelled_logps, logps_from_states
 
 
 @dataclass
@@ -126,7 +121,7 @@ def question_logprobs(
     prefix = body(
         input_ids=torch.tensor([rows[0].input_ids[:shared]], device=device), use_cache=True
     )
-    cache, cache_name = cache_of(prefix, body)
+    cache, cache_name = _cache_of(prefix, body)
     cache.batch_repeat_interleave(len(rows))
     rest = collate(
         [TokenizedExample(r.input_ids[shared:], r.labels[shared:]) for r in rows], pad_token_id
@@ -162,6 +157,16 @@ def answer_logprobs(
         logits = logits[:, -batch["input_ids"].shape[1] :]  # drop the virtual-token positions
         return logps_from_states(torch.nn.Identity(), logits, batch["labels"], chunk_rows)
     return labelled_logps(model, batch, chunk_rows)
+
+
+def _cache_of(output, body: torch.nn.Module) -> tuple[object, str]:
+    """The key/value cache a forward pass returned, and the argument that takes it back:
+    transformers 5 renames `past_key_values` to `cache` (the old name goes in 5.40)."""
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = output.past_key_values
+    takes_cache = "cache" in inspect.signature(body.forward).parameters
+    return cache, "cache" if takes_cache else "past_key_values"
 
 
 def _shared_prefix(rows: list[TokenizedExample]) -> int:

@@ -7,7 +7,6 @@ The causal-LM loss runs the LM head only on positions that carry a label, so the
 from __future__ import annotations
 
 import hashlib
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -97,9 +96,10 @@ def pair_logps(
     every token sees exactly what it sees in its own whole sequence, so the log-probabilities
     and their gradients are those of the whole rows (tested). On HH-style pairs (a long
     dialogue, two short answers) that is about a third fewer tokens, and less padding.
-    Prompt-learning adapters, whose virtual tokens PEFT adds in front of every row, take the
-    whole rows."""
-    if is_prompt_learning(model):
+    Prompt-learning adapters, whose virtual tokens PEFT adds in front of every row, and
+    attention kernels that take no 4D mask (flash-attention) take the whole rows."""
+    kind = _mask_kind(model)
+    if kind is None or is_prompt_learning(model):
         return labelled_logps(model, batch, chunk_rows)
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     pairs, device = len(ids) // 2, ids.device
@@ -119,7 +119,7 @@ def pair_logps(
     row_ids = ids[source_row, position] * real
     hidden = decoder(model)(
         input_ids=row_ids,
-        attention_mask=_pair_attention(in_rejected, real, shared, _mask_kind(model)),
+        attention_mask=_pair_attention(in_rejected, real, shared, kind),
         position_ids=position,
         use_cache=False,
     ).last_hidden_state  # (pairs, width, hidden)
@@ -159,9 +159,11 @@ def _pair_attention(
     )
 
 
-def _mask_kind(model) -> str:
+def _mask_kind(model) -> str | None:
+    """How the model's attention takes a 4D mask: sdpa as bool, eager as additive floats;
+    None for kernels that take none."""
     implementation = getattr(decoder(model).config, "_attn_implementation", None) or "sdpa"
-    return "bool" if implementation == "sdpa" else "additive"
+    return {"sdpa": "bool", "eager": "additive"}.get(implementation)
 
 
 def _pair_prefix(ids, labels, mask, chosen: int, rejected: int) -> int:
@@ -173,16 +175,6 @@ def _pair_prefix(ids, labels, mask, chosen: int, rejected: int) -> int:
     # the label at position p is scored from the state at p-1, which stays in the prompt
     first_label = int(labelled[0]) if len(labelled) else first_diff
     return max(1, min(first_diff, first_label))
-
-
-def cache_of(output, body: torch.nn.Module) -> tuple[object, str]:
-    """The key/value cache a forward pass returned, and the argument that takes it back:
-    transformers 5 renames `past_key_values` to `cache` (the old name goes in 5.40)."""
-    cache = getattr(output, "cache", None)
-    if cache is None:
-        cache = output.past_key_values
-    takes_cache = "cache" in inspect.signature(body.forward).parameters
-    return cache, "cache" if takes_cache else "past_key_values"
 
 
 def logps_from_states(
