@@ -113,7 +113,7 @@ def dpo_loss(
             TRL 1.16 normalises IPO.
     Rewards are beta * (policy - ref) per side, summed log-probs, whatever the loss type.
     Raises ValueError for an unknown loss_type, label_smoothing outside [0, 0.5) or with a loss
-    other than sigmoid, ipo without token counts, or inputs of different shapes.
+    other than sigmoid, ipo or sigmoid_norm without token counts, or inputs of different shapes.
     """
     _check_same_shape(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     if loss_type not in DPO_LOSS_TYPES:
