@@ -254,3 +254,15 @@ def test_label_smoothing_with_another_loss_is_refused_before_training(tmp_path, 
     )
     assert main(["train", str(recipe)]) == 2
     assert "preference.label_smoothing applies to loss_type sigmoid only" in capsys.readouterr().err
+
+
+def test_pair_rows_only_where_the_attention_takes_a_4d_mask(tiny_model):
+    from migaki.train.objectives import _mask_kind, decoder
+
+    kinds = {}
+    for attention in ("sdpa", "eager"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation=attention)
+        kinds[attention] = _mask_kind(model)
+    decoder(model).config._attn_implementation = "flash_attention_2"  # takes no 4D mask
+    kinds["flash_attention_2"] = _mask_kind(model)
+    assert kinds == {"sdpa": "bool", "eager": "additive", "flash_attention_2": None}
