@@ -123,6 +123,20 @@ def _uneven_pair_batch(tokenizer):
     return collate_pairs(pair_rows, tokenizer.pad_token_id)
 
 
+def _unrelated_pair_batch(tokenizer):
+    """Pairs that share nothing (their first tokens differ) or only a part of the answer, and
+    one whose chosen row is all prompt of the rejected one: no prompt may be assumed."""
+    from migaki.data.batches import collate
+    from migaki.data.tokenize import IGNORE_INDEX, TokenizedExample
+
+    def row(ids, scored_from):
+        return TokenizedExample(ids, [IGNORE_INDEX] * scored_from + ids[scored_from:])
+
+    chosen = [row([5, 6, 7, 8], 1), row([5, 6, 7, 8, 9], 2), row([3, 4, 5], 1)]
+    rejected = [row([9, 6, 7, 10, 11], 1), row([5, 6, 7, 12], 2), row([3, 4, 5, 6, 7], 1)]
+    return collate(chosen + rejected, tokenizer.pad_token_id)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradient(
     tiny_model, tokenizer, attention
@@ -141,24 +155,26 @@ def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradi
     for _, parameter in model.named_parameters():  # a trained adapter, not the zero one
         if parameter.requires_grad:
             parameter.data.normal_(0, 0.05)
-    batch = _uneven_pair_batch(tokenizer)
-    assert len(set(batch["attention_mask"].sum(dim=-1).tolist())) > 2  # really uneven
-    weights = torch.randn(len(batch["input_ids"]))
-    shared, shared_tokens = pair_logps(model, batch, chunk_rows=5)
-    (shared * weights).sum().backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-    model.zero_grad()
-    whole, whole_tokens = labelled_logps(model, batch)
-    (whole * weights).sum().backward()
-    torch.testing.assert_close(shared, whole, atol=1e-4, rtol=1e-5)
-    assert shared_tokens.tolist() == whole_tokens.tolist()
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            torch.testing.assert_close(grads[name], parameter.grad, atol=1e-5, rtol=1e-4)
-    with torch.no_grad(), model.disable_adapter():  # the reference path takes it too
-        torch.testing.assert_close(
-            pair_logps(model, batch)[0], labelled_logps(model, batch)[0], atol=1e-4, rtol=1e-5
-        )
+    uneven = _uneven_pair_batch(tokenizer)
+    assert len(set(uneven["attention_mask"].sum(dim=-1).tolist())) > 2  # really uneven
+    for batch in (uneven, _unrelated_pair_batch(tokenizer)):
+        weights = torch.randn(len(batch["input_ids"]))
+        shared, shared_tokens = pair_logps(model, batch, chunk_rows=5)
+        (shared * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        model.zero_grad()
+        whole, whole_tokens = labelled_logps(model, batch)
+        (whole * weights).sum().backward()
+        torch.testing.assert_close(shared, whole, atol=1e-4, rtol=1e-5)
+        assert shared_tokens.tolist() == whole_tokens.tolist()
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                torch.testing.assert_close(grads[name], parameter.grad, atol=1e-5, rtol=1e-4)
+        model.zero_grad()
+        with torch.no_grad(), model.disable_adapter():  # the reference path takes it too
+            torch.testing.assert_close(
+                pair_logps(model, batch)[0], labelled_logps(model, batch)[0], atol=1e-4, rtol=1e-5
+            )
 
 
 def test_reference_log_probs_are_computed_once_per_sequence(tiny_model, tokenizer):

@@ -104,9 +104,7 @@ def pair_logps(
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     pairs, device = len(ids) // 2, ids.device
     lengths = mask.sum(dim=-1)
-    shared = torch.tensor(
-        [_pair_prefix(ids, labels, mask, i, i + pairs) for i in range(pairs)], device=device
-    )
+    shared = _shared_prefix_lengths(ids, mask)
     chosen_tail, rejected_tail = lengths[:pairs] - shared, lengths[pairs:] - shared
     width = int((shared + chosen_tail + rejected_tail).max())
     slot = torch.arange(width, device=device)[None, :]  # (1, width): index within a pair row
@@ -166,15 +164,14 @@ def _mask_kind(model) -> str | None:
     return {"sdpa": "bool", "eager": "additive"}.get(implementation)
 
 
-def _pair_prefix(ids, labels, mask, chosen: int, rejected: int) -> int:
-    """Tokens a pair's two rows share before either has a label: the prompt the answers
-    continue (at least one token, and none that a label is scored from)."""
-    both = (ids[chosen] == ids[rejected]) & (mask[chosen] == 1) & (mask[rejected] == 1)
-    first_diff = int((~both).nonzero()[0]) if (~both).any() else int(mask[chosen].sum())
-    labelled = ((labels[chosen] != IGNORE_INDEX) | (labels[rejected] != IGNORE_INDEX)).nonzero()
-    # the label at position p is scored from the state at p-1, which stays in the prompt
-    first_label = int(labelled[0]) if len(labelled) else first_diff
-    return max(1, min(first_diff, first_label))
+def _shared_prefix_lengths(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(pairs,) how many leading tokens each pair's chosen and rejected rows share (rows
+    [chosen..., rejected...]). Labelled tokens may lie inside the shared part: identical tokens
+    before them give identical states, so each side still scores its own labels there."""
+    pairs = len(ids) // 2
+    same = (ids[:pairs] == ids[pairs:]) & (mask[:pairs] == 1) & (mask[pairs:] == 1)
+    # the first position where the rows differ, or end; cumprod stays 1 while they agree
+    return same.long().cumprod(dim=-1).sum(dim=-1)
 
 
 def logps_from_states(
