@@ -8,13 +8,14 @@ held-out pairs whose implicit reward beta * log(policy / reference) prefers the 
 what answer length alone gives on the same pairs (the shorter answer wins), since DPO is
 known to pick up length. Not a test: nothing is asserted.
 
-    .venv/bin/python benchmarks/hh_dpo.py                       # ~25 min on 2 CPU cores
+    .venv/bin/python benchmarks/hh_dpo.py                       # ~20 min on 2 CPU cores
     .venv/bin/python benchmarks/hh_dpo.py train.max_steps=20    # a shorter run
     .venv/bin/python benchmarks/hh_dpo.py --speed               # shared prompts vs whole rows
 
 --speed times one forward and backward pass of the policy log-probabilities (as DPO training
-runs them) over batches of real pairs: each pair's prompt run once with both answers continuing
-from its key/value cache (`pair_logps`, what migaki uses), against every row run whole.
+runs them) over batches of real pairs: each pair as one row, its prompt run once and the two
+answers kept apart by the attention mask (`pair_logps`, what migaki uses), against every
+sequence run as a row of its own (`labelled_logps`).
 """
 
 from __future__ import annotations
@@ -48,25 +49,27 @@ def hold_out(data: Path, share: float, scratch: Path) -> tuple[Path, Path]:
     return train_file, heldout_file
 
 
+def rendered_pairs(data: Path, tokenizer, max_length: int, system_prompt: str | None = None):
+    """The valid pairs of a file, tokenized as DPO training renders them."""
+    from migaki.config import DataConfig
+    from migaki.data.pairs import tokenize_pairs
+    from migaki.data.prepare import prepare_data
+
+    config = DataConfig(train=str(data), split={"val": 0.0, "test": 0.0})
+    examples = prepare_data(config, 0, skip_invalid=True).examples["train"]
+    pairs, _ = tokenize_pairs(
+        examples, tokenizer, max_length=max_length, system_prompt=system_prompt
+    )
+    return pairs
+
+
 def shorter_wins(recipe, heldout: Path) -> tuple[float, int]:
     """Share of held-out pairs whose chosen answer has fewer tokens, as the recipe renders
     them (ties count half)."""
     from migaki import models
-    from migaki.data.pairs import tokenize_pairs
-    from migaki.data.prepare import prepare_data
 
-    data = recipe.data.model_copy(
-        update={"train": str(heldout), "val": None, "test": None, "max_rows": None}
-    )
-    data.split = data.split.model_copy(update={"val": 0.0, "test": 0.0})
-    examples = prepare_data(data, recipe.train.seed, skip_invalid=True).examples["train"]
     tokenizer = models.load_tokenizer(models.resolve(recipe.model.base), False)
-    pairs, _ = tokenize_pairs(
-        examples,
-        tokenizer,
-        max_length=recipe.data.max_length,
-        system_prompt=recipe.data.system_prompt,
-    )
+    pairs = rendered_pairs(heldout, tokenizer, recipe.data.max_length, recipe.data.system_prompt)
     score = sum(
         1.0
         if p.chosen.trainable_tokens < p.rejected.trainable_tokens
@@ -117,9 +120,8 @@ def print_benchmark(figures: dict) -> None:
 def speed(data: Path, batches: int, batch_pairs: int, max_length: int) -> dict:
     """Seconds per forward+backward of the policy log-probs: shared prompts vs whole rows."""
     from migaki import models
-    from migaki.config import DataConfig, MethodConfig
-    from migaki.data.pairs import collate_pairs, tokenize_pairs
-    from migaki.data.prepare import prepare_data
+    from migaki.config import MethodConfig
+    from migaki.data.pairs import collate_pairs
     from migaki.methods import apply_method
     from migaki.train.objectives import labelled_logps, pair_logps
     from migaki.train.precision import choose_precision
@@ -127,15 +129,14 @@ def speed(data: Path, batches: int, batch_pairs: int, max_length: int) -> dict:
     source = models.resolve("smollm2-135m-instruct")
     tokenizer = models.load_tokenizer(source, False)
     model = apply_method(models.load_causal_lm(source), MethodConfig(lora_dropout=0.0), "dpo")
-    config = DataConfig(train=str(data), split={"val": 0.0, "test": 0.0})
-    examples = prepare_data(config, 0, skip_invalid=True).examples["train"]
-    pairs, _ = tokenize_pairs(examples[: batches * batch_pairs], tokenizer, max_length=max_length)
+    pairs = rendered_pairs(data, tokenizer, max_length)[: batches * batch_pairs]
     device = torch.device("cpu")
     precision = choose_precision("auto", device)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     times = {"shared prompt (pair_logps)": 0.0, "whole rows (labelled_logps)": 0.0}
     for i in range(batches):
-        batch = collate_pairs(pairs[i * batch_pairs : (i + 1) * batch_pairs], 0)
+        rows = pairs[i * batch_pairs : (i + 1) * batch_pairs]
+        batch = collate_pairs(rows, tokenizer.pad_token_id)
         for name, function in zip(times, (pair_logps, labelled_logps), strict=True):
             start = time.perf_counter()
             with autocast:
