@@ -4,8 +4,10 @@ after LoRA instruction tuning with examples/jcqa-smollm2-lora.yaml.
 Each question of ../shared/data/jcommonsenseqa/valid.jsonl (five choices) is rendered as the
 chat the recipe trains on; every choice is put in the assistant's turn and the one whose
 tokens the model finds most likely is its pick (`migaki eval` does the same for any multiple-
-choice data). Prints accuracy by summed log-prob and by mean log-prob per token, chance level,
-and wall times. Not a test: nothing is asserted. On a machine shared with other jobs, torch's
+choice data). The base model is scored with both user turns `data.choice_prompt` offers (the
+question with its choices listed, and the question alone), the tuned one as it trained.
+Prints accuracy by summed log-prob and by mean log-prob per token, chance level, and wall
+times. Not a test: nothing is asserted. On a machine shared with other jobs, torch's
 worker threads wait on each other at every operation: with OMP_NUM_THREADS=1 a forward pass was
 25x faster than with 2 threads on a busy 2-core machine.
 
@@ -33,6 +35,7 @@ import torch
 
 from migaki.config import load_recipe
 from migaki.evaluate import evaluate
+from migaki.rundir import load_run_recipe
 from migaki.train import train
 from migaki.train.tracking import read_metrics
 
@@ -43,10 +46,13 @@ BASE = "smollm2-135m-instruct"
 COLUMNS = ("choice_accuracy", "choice_accuracy_norm", "loss")
 
 
-def score(target: str | Path, valid: Path, limit: int | None) -> tuple[dict[str, Any], float]:
-    """Choice metrics of a model alias or a run on the validation file, and the seconds taken."""
+def score(
+    target: str | Path, valid: Path, limit: int | None, choice_prompt: str | None = None
+) -> tuple[dict[str, Any], float]:
+    """Choice metrics of a model alias or a run on the validation file, and the seconds taken.
+    `choice_prompt` None: as the run trained."""
     start = time.perf_counter()
-    result = evaluate(target, data=valid, generate=False, limit=limit)
+    result = evaluate(target, data=valid, generate=False, limit=limit, choice_prompt=choice_prompt)
     return result["systems"]["tuned"], time.perf_counter() - start
 
 
@@ -99,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("transformers", "peft", "accelerate", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
-    base, base_seconds = score(BASE, valid, args.limit)
-    rows = [(f"base ({BASE})", base, base_seconds)]
+    rows = []
+    for prompt in ("listed", "question"):
+        base, base_seconds = score(BASE, valid, args.limit, prompt)
+        rows.append((f"base, {prompt}", base, base_seconds))
     run, train_seconds = args.run, None
     with tempfile.TemporaryDirectory() as scratch:
         if args.train:
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             run, train_seconds = train_run(args.data, out, args.overrides)
         if run is not None:
             tuned, tuned_seconds = score(run, valid, args.limit)
-            rows.append((f"tuned ({Path(run).name})", tuned, tuned_seconds))
+            prompt = load_run_recipe(Path(run)).data.choice_prompt
+            rows.append((f"tuned, {prompt}", tuned, tuned_seconds))
             summary = training_summary(Path(run), train_seconds)
     print(
         f"\nJCommonsenseQA {valid}: {base['choice_rows']} rows, chance "

@@ -87,6 +87,26 @@ def test_a_choices_list_takes_the_label_as_index_digits_or_text(label):
     )
 
 
+def test_choice_prompt_question_keeps_the_choices_out_of_the_user_turn():
+    example = convert(record(NUMBERED), "choice", choice_prompt="question")
+    assert example.messages == [
+        {"role": "user", "content": "主に子ども向けのものはどれ？"},
+        {"role": "assistant", "content": "絵本"},
+    ]
+    assert example.meta == convert(record(NUMBERED), "choice").meta  # still scorable
+
+
+def test_prepare_renders_choice_rows_as_the_recipe_asks(tmp_path):
+    path = write_jsonl(tmp_path / "mc.jsonl", choice_rows(10))
+    for style in ("listed", "question"):
+        data = DataConfig(train=str(path), choice_prompt=style, split={"val": 0.0, "test": 0.0})
+        examples = prepare_data(data, seed=0).examples["train"]
+        listed = [
+            f"\n- {e.meta['choices'][0]}" in e.prompt_messages[-1]["content"] for e in examples
+        ]
+        assert all(listed) if style == "listed" else not any(listed)
+
+
 def test_detection_finds_choice_rows_and_leaves_other_formats_alone():
     assert detect_format(NUMBERED) == "choice"
     assert detect_format(LISTED) == "choice"
@@ -266,6 +286,8 @@ def test_eval_of_a_bare_model_on_choice_data(tmp_path, tiny_model, capsys):
     assert code == 0 and "4 rows from" in out
     assert "choice_accuracy_norm" in out and "choice_chance" in out and "perplexity" in out
     assert "char_f1" not in out  # choice rows are scored, not generated
+    assert main(["eval", str(tiny_model), "--data", str(data), "--choice-prompt", "question"]) == 0
+    assert "6 rows from" in capsys.readouterr().out
 
 
 def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys):
@@ -294,3 +316,42 @@ def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys):
         )
     for sample in result["samples"]:
         assert sample["tuned"] in sample["prompt"] and sample["base"] in sample["prompt"]
+
+
+def test_eval_reads_raw_choice_data_as_the_run_trained_unless_told_otherwise(tmp_path, tiny_model):
+    from migaki.evaluate import evaluate
+
+    rows = [
+        {"q": f"Which is {i}?", "choices": ["a b", "c d", "e"], "gold": i % 3} for i in range(8)
+    ]
+    rows = [{"question": r.pop("q"), **r} for r in rows]
+    data = write_jsonl(tmp_path / "mc.jsonl", rows)
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        data={"choice_prompt": "question", "label_column": "gold", "split": {"val": 0.25}},
+        train={"max_steps": 1, "eval_every": 1},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    trained = [json.loads(line) for line in (run / "data" / "train.jsonl").read_text().splitlines()]
+    assert all(row["messages"][-2]["content"].startswith("Which is") for row in trained)
+    assert not any("- a b" in row["messages"][-2]["content"] for row in trained)
+    # the raw file: its label column and user turn as the recipe had them
+    as_trained = evaluate(run, data=data, generate=False, write=False)
+    assert as_trained["rows"] == 8
+    assert [s["prompt"] for s in as_trained["samples"]] == [r["question"] for r in rows]
+    assert [s["reference"] for s in as_trained["samples"]] == [
+        r["choices"][r["gold"]] for r in rows
+    ]
+    listed = evaluate(run, data=data, generate=False, write=False, choice_prompt="listed")
+    assert all("\n- a b\n- c d\n- e" in s["prompt"] for s in listed["samples"])
+    assert listed["systems"]["tuned"]["choice_rows"] == 8
+
+
+def test_a_bad_choice_prompt_is_refused_naming_the_key(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "mc.jsonl", choice_rows(4))
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model, data, data={"choice_prompt": "inline"})
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "data.choice_prompt" in capsys.readouterr().err

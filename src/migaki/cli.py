@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--compare-base", action="store_true", help="also evaluate the base model")
     ev.add_argument("--no-generate", action="store_true", help="skip generated answers")
     ev.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    ev.add_argument(
+        "--choice-prompt",
+        choices=["listed", "question"],
+        help="multiple-choice rows: the question with its choices listed, or the question "
+        "alone (default: as the run trained, else listed)",
+    )
     ev.set_defaults(handler=_eval)
 
     gen = command("generate", "Answer one prompt with a run's tuned model (or any model).")
@@ -198,6 +204,7 @@ def _eval(args: argparse.Namespace) -> None:
         compare_base=args.compare_base,
         generate=not args.no_generate,
         limit=args.limit,
+        choice_prompt=args.choice_prompt,
     )
     systems = result["systems"]
     keys = sorted({k for metrics in systems.values() for k in metrics})

@@ -180,6 +180,12 @@ class DataConfig(Section):
         description="The field holding a row's text, for classification and text rows whose "
         "text is not in `text`, `sentence` or `content` (read as `text`).",
     )
+    choice_prompt: Literal["listed", "question"] = Field(
+        "listed",
+        description="The user turn of multiple-choice rows: `listed`, the question and its "
+        "choices one per line; `question`, the question alone (the choices appear only as "
+        "answers to score). Training, `migaki eval` and choice scoring render it the same way.",
+    )
     max_rows: int | None = Field(
         None, ge=1, description="Use a seeded random sample of this many training rows."
     )

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from migaki.data.load import Record
 from migaki.errors import DataError
@@ -23,6 +23,7 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
 SHAREGPT_ROLES |= {"assistant": "assistant", "bot": "assistant", "model": "assistant"}
 CLASSIFICATION_TEXT_KEYS = ("text", "sentence", "content")
+ChoicePrompt = Literal["listed", "question"]  # data.choice_prompt
 CHOICE_KEY = re.compile(r"choice(0|[1-9][0-9]*)")  # numbered choice fields: choice0, choice1
 TextPath = tuple[str | int, ...]  # where a text sits in a row, e.g. ("messages", 2, "content")
 
@@ -77,17 +78,23 @@ def detect_format(fields: dict[str, Any], label_column: str = "label") -> str | 
 
 
 def to_examples(
-    records: list[Record], fmt: str = "auto", label_column: str = "label"
+    records: list[Record],
+    fmt: str = "auto",
+    label_column: str = "label",
+    choice_prompt: ChoicePrompt = "listed",
 ) -> list[Example]:
     """Convert rows to examples. Raises the first DataError (file:line)."""
-    examples, problems, _ = convert_records(records, fmt, label_column)
+    examples, problems, _ = convert_records(records, fmt, label_column, choice_prompt)
     if problems:
         raise problems[0]
     return examples
 
 
 def convert_records(
-    records: list[Record], fmt: str = "auto", label_column: str = "label"
+    records: list[Record],
+    fmt: str = "auto",
+    label_column: str = "label",
+    choice_prompt: ChoicePrompt = "listed",
 ) -> tuple[list[Example], list[DataError], str | None]:
     """Convert every row that can be converted; collect a DataError for each that cannot.
 
@@ -101,19 +108,22 @@ def convert_records(
             if fmt == "auto":
                 _check_same_format(record, row_format, label_column)
             file_format = row_format
-            examples.append(convert(record, row_format, label_column))
+            examples.append(convert(record, row_format, label_column, choice_prompt))
         except DataError as problem:
             problems.append(problem)
     return examples, problems, file_format
 
 
-def convert(record: Record, fmt: str, label_column: str = "label") -> Example:
+def convert(
+    record: Record, fmt: str, label_column: str = "label", choice_prompt: ChoicePrompt = "listed"
+) -> Example:
+    """One row as an Example. `choice_prompt` shapes multiple-choice rows (see `choice_prompt`)."""
     if fmt == "classification":
         return _classification(record, label_column)
     if fmt == "preference":
         return _preference(record)
     if fmt == "choice":
-        return _choice(record, label_column)
+        return _choice(record, label_column, choice_prompt)
     return CONVERTERS[fmt](record)
 
 
@@ -242,16 +252,21 @@ def _classification(record: Record, label_column: str) -> Example:
     return Example(record.source, record.line, text=text, meta=meta, label=str(label).strip())
 
 
-def choice_prompt(question: str, choices: list[str]) -> str:
-    """The user turn of a multiple-choice row: the question, a blank line, one choice a line.
+def choice_prompt(question: str, choices: list[str], style: ChoicePrompt = "listed") -> str:
+    """The user turn of a multiple-choice row.
 
-    "主に子ども向けのものは？\n\n- 世界\n- 絵本\n- 論文". No instruction words, so the layout
-    suits Japanese and English alike. Choice scoring renders the same converted example, so
-    training and scoring see one text."""
+    `listed`: the question, a blank line, one choice a line: "主に子ども向けのものは？\n\n- 世界
+    \n- 絵本\n- 論文". No instruction words, so the layout suits Japanese and English alike.
+    `question`: the question alone, so the model answers as it would unprompted and scoring
+    asks which choice it finds most natural (the classic log-likelihood set-up; a small model
+    may not use a list well). Choice scoring renders the same converted example, so training
+    and scoring see one text."""
+    if style == "question":
+        return question.strip()
     return question.strip() + "\n\n" + "\n".join(f"- {choice}" for choice in choices)
 
 
-def _choice(record: Record, label_column: str) -> Example:
+def _choice(record: Record, label_column: str, style: ChoicePrompt = "listed") -> Example:
     """A question with two or more choices (a `choices` list, or fields `choice0`, `choice1`,
     ...) and the right one in `label_column`: its index (an int or a digit string) or its
     text. The answer to learn is the right choice's text; `meta["choices"]` and
@@ -261,7 +276,7 @@ def _choice(record: Record, label_column: str) -> Example:
     choices, keys = _choice_texts(record, fail)
     answer = _answer_index(record.fields.get(label_column), choices, label_column, fail)
     messages = [
-        {"role": "user", "content": choice_prompt(question, choices)},
+        {"role": "user", "content": choice_prompt(question, choices, style)},
         {"role": "assistant", "content": choices[answer]},
     ]
     # The label stays out of meta: a text label would make each row a stratum of its own.

@@ -106,7 +106,7 @@ def prepare_data(
         )
         steps.append(report)
     examples = {
-        name: [convert(r, formats[name], data.label_column) for r in rows]
+        name: [convert(r, formats[name], data.label_column, data.choice_prompt) for r in rows]
         for name, rows in parts.items()
     }
     hashes = {str(path): file_hash(path) for path in sources.values()}
@@ -150,7 +150,8 @@ def _token_counter(tokenizer, data: DataConfig, fmt: str) -> Callable[[Record], 
         return None
 
     def count(record: Record) -> int:
-        return rendered_length(convert(record, fmt, data.label_column), tokenizer, data)
+        example = convert(record, fmt, data.label_column, data.choice_prompt)
+        return rendered_length(example, tokenizer, data)
 
     return count
 

@@ -13,8 +13,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from migaki.config import Recipe
 from migaki.data import Example, read_records, to_examples, tokenize_all
 from migaki.data.batches import collate
+from migaki.data.formats import ChoicePrompt
 from migaki.errors import UserError
 from migaki.evaluate.choices import is_choice_example, score_choices
 from migaki.evaluate.generation import (
@@ -39,20 +41,24 @@ def evaluate(
     limit: int | None = None,
     max_new_tokens: int | None = None,
     write: bool = True,
+    choice_prompt: ChoicePrompt | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run (on its test split unless `data` is given) or any model (needs `data`).
 
-    Returns {"data", "rows", "systems": {"tuned": {...}, "base": {...}}, "samples": [...]} and,
-    for a run, writes eval.json and report.html into it."""
+    Rows are read as the run's recipe reads them (its `data.label_column` and
+    `data.choice_prompt`); `choice_prompt` overrides the latter, and for a model that is not a
+    run it defaults to `listed`. Returns {"data", "rows", "systems": {"tuned": {...}, "base":
+    {...}}, "samples": [...]} and, for a run, writes eval.json and report.html into it."""
     target_path = Path(target)
     is_run = (target_path / "recipe.yaml").is_file()
-    if is_run and (recipe := load_run_recipe(target_path)).task == "classification":
+    recipe = load_run_recipe(target_path) if is_run else None
+    if recipe is not None and recipe.task == "classification":
         from migaki.evaluate.classification import evaluate_classifier
 
         return evaluate_classifier(target_path, recipe, data, limit)
-    if is_run:
-        refuse_reward_model(target_path, load_run_recipe(target_path))
-    examples = _examples(target_path, data, is_run)[:limit]
+    if recipe is not None:
+        refuse_reward_model(target_path, recipe)
+    examples = _examples(target_path, data, recipe, choice_prompt)[:limit]
     systems: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
     variants = [("tuned", True), ("base", False)] if is_run and compare_base else [("tuned", True)]
@@ -158,14 +164,19 @@ def char_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _examples(target: Path, data: str | Path | None, is_run: bool) -> list[Example]:
+def _examples(
+    target: Path, data: str | Path | None, recipe: Recipe | None, choice_prompt: ChoicePrompt | None
+) -> list[Example]:
     if data is None:
-        if not is_run:
+        if recipe is None:
             raise UserError(f"{target}: not a run directory; give --data FILE to evaluate it on")
         data = target / "data" / "test.jsonl"
         if not data.is_file() or not data.read_text().strip():
             raise UserError(f"{target}: the run has no test split; give --data FILE")
-    examples = [e for e in to_examples(read_records(data)) if e.messages is not None]
+    label_column = recipe.data.label_column if recipe else "label"
+    choice_prompt = choice_prompt or (recipe.data.choice_prompt if recipe else "listed")
+    rows = to_examples(read_records(data), "auto", label_column, choice_prompt)
+    examples = [e for e in rows if e.messages is not None]
     if not examples:
         raise UserError(f"{data}: no conversation rows to evaluate")
     return examples
