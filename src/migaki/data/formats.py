@@ -255,8 +255,9 @@ def _classification(record: Record, label_column: str) -> Example:
 def choice_prompt(question: str, choices: list[str], style: ChoicePrompt = "listed") -> str:
     """The user turn of a multiple-choice row.
 
-    `listed`: the question, a blank line, one choice a line: "主に子ども向けのものは？\n\n- 世界
-    \n- 絵本\n- 論文". No instruction words, so the layout suits Japanese and English alike.
+    `listed`: the question, a blank line, one choice a line, as in
+    "主に子ども向けのものは？\n\n- 世界\n- 絵本\n- 論文". No instruction words, so the layout
+    suits Japanese and English alike.
     `question`: the question alone, so the model answers as it would unprompted and scoring
     asks which choice it finds most natural (the classic log-likelihood set-up; a small model
     may not use a list well). Choice scoring renders the same converted example, so training
