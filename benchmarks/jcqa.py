@@ -12,7 +12,7 @@ worker threads wait on each other at every operation: with OMP_NUM_THREADS=1 a f
 25x faster than with 2 threads on a busy 2-core machine.
 
     .venv/bin/python benchmarks/jcqa.py --limit 100               # the base model only
-    .venv/bin/python benchmarks/jcqa.py --train --out runs/jcqa   # training ~20 min on 2 cores
+    .venv/bin/python benchmarks/jcqa.py --train --out runs/jcqa   # training ~9 min on 2 cores
     .venv/bin/python benchmarks/jcqa.py --run runs/jcqa           # an existing run
     .venv/bin/python benchmarks/jcqa.py --train --limit 20 train.max_steps=5 data.max_rows=200
 
