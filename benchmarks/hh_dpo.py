@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from migaki.cli import quiet_libraries
 from migaki.config import load_recipe
 from migaki.train import train
 from migaki.train.tracking import read_metrics
@@ -122,6 +122,7 @@ def speed(data: Path, batches: int, batch_pairs: int, max_length: int) -> dict:
     from migaki import models
     from migaki.config import MethodConfig
     from migaki.data.pairs import collate_pairs
+    from migaki.evaluate.generation import _autocast
     from migaki.methods import apply_method
     from migaki.train.objectives import labelled_logps, pair_logps
     from migaki.train.precision import choose_precision
@@ -132,14 +133,13 @@ def speed(data: Path, batches: int, batch_pairs: int, max_length: int) -> dict:
     pairs = rendered_pairs(data, tokenizer, max_length)[: batches * batch_pairs]
     device = torch.device("cpu")
     precision = choose_precision("auto", device)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     times = {"shared prompt (pair_logps)": 0.0, "whole rows (labelled_logps)": 0.0}
     for i in range(batches):
         rows = pairs[i * batch_pairs : (i + 1) * batch_pairs]
         batch = collate_pairs(rows, tokenizer.pad_token_id)
         for name, function in zip(times, (pair_logps, labelled_logps), strict=True):
             start = time.perf_counter()
-            with autocast:
+            with _autocast(precision, device):
                 logps, _ = function(model, batch)
             logps.sum().backward()
             times[name] += time.perf_counter() - start
@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_file():
         print(f"{args.data}: no HH-RLHF harmless pairs; skipped")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for name in ("transformers", "peft", "accelerate", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_libraries()
     if args.speed:
         figures = speed(args.data, args.batches, 8, 160)
         print_speed(figures)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from typing import Any
 
 import torch
 
+from migaki.cli import quiet_libraries
 from migaki.config import load_recipe
 from migaki.evaluate import evaluate
 from migaki.rundir import load_run_recipe
@@ -101,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if not all(path.is_file() for path in needed):
         print(f"{args.data}: no JCommonsenseQA {' and '.join(p.name for p in needed)}; skipped")
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    for name in ("transformers", "peft", "accelerate", "torch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_libraries()
 
     rows = []
     for prompt in ("listed", "question"):

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    _quiet_libraries(args.verbose)
+    quiet_libraries(args.verbose)
     try:
         status = args.handler(args)
     except UserError as exc:
@@ -317,7 +317,9 @@ def _models(args: argparse.Namespace) -> None:
     print("\nAny local Hugging Face model folder or .gguf file also works as model.base.")
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def quiet_libraries(verbose: bool = False) -> None:
+    """Log migaki's progress lines to stderr and keep the libraries' own chatter (progress bars,
+    deprecation and optional-kernel warnings) out, unless `verbose`."""
     # Under torchrun every process would print the same progress lines; rank 0 speaks for all.
     # Warnings and errors still come from every process.
     quiet_rank = os.environ.get("RANK", "0") != "0" and not verbose

@@ -128,6 +128,8 @@ class AugmentConfig(Section):
     )
 
 
+ChoicePrompt = Literal["listed", "question"]  # the user turn of multiple-choice rows
+
 DataFormat = Literal[
     "auto",
     "messages",
@@ -180,7 +182,7 @@ class DataConfig(Section):
         description="The field holding a row's text, for classification and text rows whose "
         "text is not in `text`, `sentence` or `content` (read as `text`).",
     )
-    choice_prompt: Literal["listed", "question"] = Field(
+    choice_prompt: ChoicePrompt = Field(
         "listed",
         description="The user turn of multiple-choice rows: `listed`, the question and its "
         "choices one per line; `question`, the question alone (the choices appear only as "

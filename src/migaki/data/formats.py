@@ -14,8 +14,9 @@ import re
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
+from migaki.config import ChoicePrompt
 from migaki.data.load import Record
 from migaki.errors import DataError
 
@@ -23,7 +24,6 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant"}
 SHAREGPT_ROLES |= {"assistant": "assistant", "bot": "assistant", "model": "assistant"}
 CLASSIFICATION_TEXT_KEYS = ("text", "sentence", "content")
-ChoicePrompt = Literal["listed", "question"]  # data.choice_prompt
 CHOICE_KEY = re.compile(r"choice(0|[1-9][0-9]*)")  # numbered choice fields: choice0, choice1
 TextPath = tuple[str | int, ...]  # where a text sits in a row, e.g. ("messages", 2, "content")
 

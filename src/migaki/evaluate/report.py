@@ -13,10 +13,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from migaki.config import Recipe
+from migaki.config import ChoicePrompt, Recipe
 from migaki.data import Example, read_records, to_examples, tokenize_all
 from migaki.data.batches import collate
-from migaki.data.formats import ChoicePrompt
 from migaki.errors import UserError
 from migaki.evaluate.choices import is_choice_example, score_choices
 from migaki.evaluate.generation import (
