@@ -290,6 +290,29 @@ def test_eval_of_a_bare_model_on_choice_data(tmp_path, tiny_model, capsys):
     assert "6 rows from" in capsys.readouterr().out
 
 
+def test_eval_of_a_bare_model_reads_the_label_field_it_is_told(tmp_path, tiny_model, capsys):
+    rows = [
+        {"question": f"Which is {i}?", "choices": ["x", "y z"], "gold": i % 2} for i in range(3)
+    ]
+    data = write_jsonl(tmp_path / "mc.jsonl", rows)
+    assert main(["eval", str(tiny_model), "--data", str(data)]) == 2
+    assert "mc.jsonl" in capsys.readouterr().err
+    from migaki.evaluate import evaluate
+
+    result = evaluate(tiny_model, data=data, generate=False, label_column="gold")
+    assert [s["reference"] for s in result["samples"]] == ["x", "y z", "x"]
+    assert main(["eval", str(tiny_model), "--data", str(data), "--label-column", "gold"]) == 0
+
+
+def test_a_choice_prompt_on_data_without_choices_says_it_does_nothing(tmp_path, tiny_model, caplog):
+    rows = [{"prompt": f"Say {i}.", "completion": f"{i}."} for i in range(2)]
+    data = write_jsonl(tmp_path / "qa.jsonl", rows)
+    with caplog.at_level("WARNING", logger="migaki"):
+        assert main(["eval", str(tiny_model), "--data", str(data), "--no-generate",
+                     "--choice-prompt", "question"]) == 0  # fmt: skip
+    assert "--choice-prompt has no effect" in caplog.text
+
+
 def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys):
     data = write_jsonl(tmp_path / "mc.jsonl", choice_rows(20))
     recipe = write_recipe(

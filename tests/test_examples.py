@@ -2,10 +2,13 @@
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
-from migaki.config import load_recipe
+from migaki.config import Recipe, load_recipe
 from migaki.quickstart import recipe_path
 from migaki.train import train
 
@@ -61,3 +64,28 @@ def test_recipe_loads_and_trains_a_step(path, tiny_model, tmp_path):
     )
     run = train(recipe, out=tmp_path / "run")
     assert (run / "final").is_dir()
+
+
+def _sections(annotation) -> list[type[BaseModel]]:
+    """The recipe sections a field's type names (`CleanConfig | None` names CleanConfig)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [s for arg in get_args(annotation) for s in _sections(arg)]
+
+
+def _missing_keys(section: type[BaseModel], written: dict, prefix: str = "") -> list[str]:
+    missing = []
+    for name, field in section.model_fields.items():
+        if name not in written:
+            missing.append(prefix + name)
+        elif isinstance(written[name], dict):
+            for inner in _sections(field.annotation):
+                missing += _missing_keys(inner, written[name], f"{prefix}{name}.")
+    return missing
+
+
+def test_the_reference_recipe_writes_out_every_key():
+    written = yaml.safe_load((ROOT / "examples" / "faq-lora.yaml").read_text("utf-8"))
+    assert _missing_keys(Recipe, written) == []
+    # the check itself sees what is absent, also inside nested sections
+    assert "data.clean.dedup" in _missing_keys(Recipe, {"data": {"clean": {}}})

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="multiple-choice rows: the question with its choices listed, or the question "
         "alone (default: as the run trained, else listed)",
     )
+    ev.add_argument(
+        "--label-column",
+        metavar="FIELD",
+        help="the field of --data holding a row's label or right choice "
+        "(default: as the run trained, else label)",
+    )
     ev.set_defaults(handler=_eval)
 
     gen = command("generate", "Answer one prompt with a run's tuned model (or any model).")
@@ -205,6 +211,7 @@ def _eval(args: argparse.Namespace) -> None:
         generate=not args.no_generate,
         limit=args.limit,
         choice_prompt=args.choice_prompt,
+        label_column=args.label_column,
     )
     systems = result["systems"]
     keys = sorted({k for metrics in systems.values() for k in metrics})

@@ -483,4 +483,3 @@ CONVERTERS: dict[str, Callable[[Record], Example]] = {
     "prompt_completion": _prompt_completion,
     "text": _text,
 }
-FORMATS = (*CONVERTERS, "classification", "preference", "choice")

@@ -24,11 +24,17 @@ MISTAKES_SHOWN = 20
 
 
 def evaluate_classifier(
-    run: Path, recipe: Recipe, data: str | Path | None = None, limit: int | None = None
+    run: Path,
+    recipe: Recipe,
+    data: str | Path | None = None,
+    limit: int | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
+    """Scores a classification run on its test split, or on `data` read as the recipe reads
+    training data (`label_column` overrides its `data.label_column`)."""
     final = run / "final"
     labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
-    examples = _examples(run, recipe, data)[:limit]
+    examples = _examples(run, recipe, data, label_column)[:limit]
     tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
     model = _load(run, recipe, labels, tokenizer.pad_token_id)
     rows, report = tokenize_classification(examples, tokenizer, labels, recipe.data.max_length)
@@ -60,7 +66,9 @@ def evaluate_classifier(
     return result
 
 
-def _examples(run: Path, recipe: Recipe, data: str | Path | None) -> list[Example]:
+def _examples(
+    run: Path, recipe: Recipe, data: str | Path | None, label_column: str | None
+) -> list[Example]:
     path = Path(data) if data else run / "data" / "test.jsonl"
     if data is None and (not path.is_file() or not path.read_text().strip()):
         raise UserError(f"{run}: the run has no test split; give --data FILE")
@@ -71,10 +79,11 @@ def _examples(run: Path, recipe: Recipe, data: str | Path | None) -> list[Exampl
     if scan.problems:
         raise scan.problems[0]
     records = scan.records
-    label_column = recipe.data.label_column if data else "label"
+    # the run's own split files carry the label as `label`
+    label_column = (label_column or recipe.data.label_column) if data else "label"
     examples = [e for e in to_examples(records, "auto", label_column) if e.label]
     if not examples:
-        raise UserError(f"{path}: no labelled rows (text and {recipe.data.label_column})")
+        raise UserError(f"{path}: no labelled rows (text and {label_column})")
     return examples
 
 

@@ -41,23 +41,27 @@ def evaluate(
     max_new_tokens: int | None = None,
     write: bool = True,
     choice_prompt: ChoicePrompt | None = None,
+    label_column: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run (on its test split unless `data` is given) or any model (needs `data`).
 
-    Rows are read as the run's recipe reads them (its `data.label_column` and
-    `data.choice_prompt`); `choice_prompt` overrides the latter, and for a model that is not a
-    run it defaults to `listed`. Returns {"data", "rows", "systems": {"tuned": {...}, "base":
-    {...}}, "samples": [...]} and, for a run, writes eval.json and report.html into it."""
+    Rows of `data` are read as the run's recipe reads them (its `data.label_column` and
+    `data.choice_prompt`); `label_column` and `choice_prompt` override those, and for a model
+    that is not a run they default to `label` and `listed`. Returns {"data", "rows", "systems":
+    {"tuned": {...}, "base": {...}}, "samples": [...]} and, for a run, writes eval.json and
+    report.html into it."""
     target_path = Path(target)
     is_run = (target_path / "recipe.yaml").is_file()
     recipe = load_run_recipe(target_path) if is_run else None
     if recipe is not None and recipe.task == "classification":
         from migaki.evaluate.classification import evaluate_classifier
 
-        return evaluate_classifier(target_path, recipe, data, limit)
+        if choice_prompt:
+            log.warning("--choice-prompt has no effect on a classification run")
+        return evaluate_classifier(target_path, recipe, data, limit, label_column)
     if recipe is not None:
         refuse_reward_model(target_path, recipe)
-    examples = _examples(target_path, data, recipe, choice_prompt)[:limit]
+    examples = _examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
     systems: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
     variants = [("tuned", True), ("base", False)] if is_run and compare_base else [("tuned", True)]
@@ -164,7 +168,11 @@ def char_f1(prediction: str, reference: str) -> float:
 
 
 def _examples(
-    target: Path, data: str | Path | None, recipe: Recipe | None, choice_prompt: ChoicePrompt | None
+    target: Path,
+    data: str | Path | None,
+    recipe: Recipe | None,
+    choice_prompt: ChoicePrompt | None,
+    label_column: str | None,
 ) -> list[Example]:
     if data is None:
         if recipe is None:
@@ -172,12 +180,14 @@ def _examples(
         data = target / "data" / "test.jsonl"
         if not data.is_file() or not data.read_text().strip():
             raise UserError(f"{target}: the run has no test split; give --data FILE")
-    label_column = recipe.data.label_column if recipe else "label"
-    choice_prompt = choice_prompt or (recipe.data.choice_prompt if recipe else "listed")
-    rows = to_examples(read_records(data), "auto", label_column, choice_prompt)
+    label_column = label_column or (recipe.data.label_column if recipe else "label")
+    rendering = choice_prompt or (recipe.data.choice_prompt if recipe else "listed")
+    rows = to_examples(read_records(data), "auto", label_column, rendering)
     examples = [e for e in rows if e.messages is not None]
     if not examples:
         raise UserError(f"{data}: no conversation rows to evaluate")
+    if choice_prompt and not any(is_choice_example(e) for e in examples):
+        log.warning("--choice-prompt has no effect: %s has no multiple-choice rows", data)
     return examples
 
 
