@@ -2,6 +2,8 @@
 reference is the base with the adapter disabled; rewards and preference accuracy are logged
 on training and validation rows."""
 
+import math
+
 import pytest
 from conftest import write_jsonl, write_recipe
 from peft import PeftModel
@@ -270,6 +272,36 @@ def test_label_smoothing_with_another_loss_is_refused_before_training(tmp_path, 
     )
     assert main(["train", str(recipe)]) == 2
     assert "preference.label_smoothing applies to loss_type sigmoid only" in capsys.readouterr().err
+
+
+def test_an_sft_term_adds_the_chosen_answers_nll_and_is_refused_outside_dpo(
+    tmp_path, tiny_model, capsys
+):
+    data = write_jsonl(tmp_path / "p.jsonl", pairs(16))
+    runs = {}
+    for weight in (0.0, 1.0):
+        recipe = write_recipe(
+            tmp_path / f"r{weight}.yaml",
+            tiny_model,
+            data,
+            task="dpo",
+            data={"split": {"val": 0.25, "test": 0.0}, "max_length": 64},
+            train={"max_steps": 2, "batch_size": 4, "eval_every": 2},
+            preference={"sft_weight": weight},
+        )
+        runs[weight] = tmp_path / f"run{weight}"
+        assert main(["train", str(recipe), "--out", str(runs[weight])]) == 0
+    val = {w: [m for m in read_metrics(r) if m.get("split") == "val"] for w, r in runs.items()}
+    before = {w: rows[0] for w, rows in val.items()}
+    assert before[0.0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # the tiny random model gives its answers a per-token NLL of about log(vocab)
+    assert before[1.0]["loss"] - math.log(2) > 3.0
+    assert before[1.0]["pref_accuracy"] == before[0.0]["pref_accuracy"] == 0.0
+    orpo = write_recipe(
+        tmp_path / "o.yaml", tiny_model, data, task="orpo", preference={"sft_weight": 1.0}
+    )
+    assert main(["train", str(orpo)]) == 2
+    assert "preference.sft_weight applies to task dpo only" in capsys.readouterr().err
 
 
 def test_pair_rows_only_where_the_attention_takes_a_4d_mask(tiny_model):

@@ -177,6 +177,79 @@ def test_dpo_loss_equals_trl_dpo_trainer(loss_type, policy, reference, tokenizer
     assert stats.correct / 3 == pytest.approx(logged["rewards/accuracies"][-1])
 
 
+@pytest.mark.parametrize("pair", range(len(PAIRS)))
+def test_dpo_with_an_sft_term_equals_trl_sigmoid_plus_sft(
+    pair, policy, reference, tokenizer, tmp_path
+):
+    """One pair per batch, where TRL's token mean over the batch's chosen answers and migaki's
+    mean over pairs of each answer's token mean are the same number."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+
+    prompt, chosen, rejected = PAIRS[pair]
+    prompt_messages, chosen_messages = conversational(prompt, chosen)
+    row = {
+        "prompt": prompt_messages,
+        "chosen": chosen_messages,
+        "rejected": conversational(prompt, rejected)[1],
+    }
+    weight = 0.7
+    args = trl_args(
+        trl.DPOConfig,
+        tmp_path,
+        batch_size=1,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1, weight],
+    )
+    trainer = trl.DPOTrainer(
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=Dataset.from_list([row]),
+        processing_class=tokenizer,
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    trl_loss = trainer.compute_loss(trainer.model, batch)
+
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    inputs = (batch["input_ids"], batch["attention_mask"], labels)
+    policy_chosen, policy_rejected = logps_of(policy, *inputs).chunk(2)
+    ref_chosen, ref_rejected = logps_of(reference, *inputs).chunk(2)
+    chosen_tokens, rejected_tokens = (labels[:, 1:] != -100).sum(-1).chunk(2)
+    stats = dpo_loss(
+        policy_chosen,
+        policy_rejected,
+        ref_chosen,
+        ref_rejected,
+        beta=BETA,
+        chosen_tokens=chosen_tokens,
+        rejected_tokens=rejected_tokens,
+        sft_weight=weight,
+    )
+    torch.testing.assert_close(stats.loss_sum, trl_loss.detach(), rtol=0, atol=1e-5)
+    without = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=BETA)
+    nll = -policy_chosen / chosen_tokens
+    torch.testing.assert_close(stats.loss_sum, without.loss_sum + weight * nll.sum())
+
+
+def test_an_sft_term_weights_each_pair_by_its_answers_mean_and_needs_token_counts():
+    policy = torch.tensor([-6.0, -2.0]), torch.tensor([-4.0, -3.0])
+    reference = torch.tensor([-5.0, -2.5]), torch.tensor([-4.0, -2.0])
+    tokens = torch.tensor([3, 1]), torch.tensor([2, 2])
+    base = dpo_loss(*policy, *reference, beta=BETA)
+    stats = dpo_loss(
+        *policy, *reference, beta=BETA, chosen_tokens=tokens[0], rejected_tokens=tokens[1],
+        sft_weight=0.5,
+    )  # fmt: skip
+    torch.testing.assert_close(stats.loss_sum, base.loss_sum + 0.5 * (6.0 / 3 + 2.0 / 1))
+    assert stats.correct == base.correct and stats.reward_chosen_sum == base.reward_chosen_sum
+    with pytest.raises(ValueError, match="chosen_tokens"):
+        dpo_loss(*policy, *reference, sft_weight=0.5)
+    with pytest.raises(ValueError, match="sft_weight"):
+        dpo_loss(*policy, *reference, chosen_tokens=tokens[0], rejected_tokens=tokens[1],
+                 sft_weight=-1.0)  # fmt: skip
+
+
 def test_dpo_label_smoothing_is_conservative_dpo_and_bad_arguments_are_refused():
     policy_chosen, policy_rejected = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
     ref_chosen, ref_rejected = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5])

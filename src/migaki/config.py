@@ -286,6 +286,12 @@ class PreferenceConfig(Section):
         lt=0.5,
         description="DPO sigmoid: share of pairs assumed mislabelled (conservative DPO).",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="DPO: weight of an added NLL term on the chosen answers (RPO), which keeps "
+        "their likelihood from falling; 0: off.",
+    )
     desirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of desirable rows.")
     undesirable_weight: float = Field(1.0, gt=0.0, description="KTO: weight of undesirable rows.")
 
@@ -429,6 +435,11 @@ class Recipe(Section):
             raise ValueError(
                 "preference.label_smoothing applies to loss_type sigmoid only "
                 f"(not {self.preference.loss_type})"
+            )
+        if self.preference.sft_weight and self.task != "dpo":
+            raise ValueError(
+                f"preference.sft_weight applies to task dpo only (not {self.task}; orpo has its "
+                "own NLL term)"
             )
         adapters = ("lora", "dora", "qlora", "ia3")
         reference_free = ("full", "freeze", "gradual")  # reference computed up front

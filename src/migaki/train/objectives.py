@@ -264,11 +264,16 @@ class DPOLoss(torch.nn.Module):
     no frozen copy either."""
 
     def __init__(
-        self, model: torch.nn.Module, beta: float, loss_type: str, label_smoothing: float = 0.0
+        self,
+        model: torch.nn.Module,
+        beta: float,
+        loss_type: str,
+        label_smoothing: float = 0.0,
+        sft_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.model, self.beta, self.loss_type = model, beta, loss_type
-        self.label_smoothing = label_smoothing
+        self.label_smoothing, self.sft_weight = label_smoothing, sft_weight
         self.reference_logps: dict[bytes, float] = {}
 
     def forward(self, **batch: torch.Tensor) -> LossParts:
@@ -287,6 +292,7 @@ class DPOLoss(torch.nn.Module):
             loss_type=self.loss_type,
             chosen_tokens=tokens[:pairs],
             rejected_tokens=tokens[pairs:],
+            sft_weight=self.sft_weight,
         )
         # A reference computed in another batch (other padding) differs from an unchanged
         # policy by float noise (~1e-6 nats); a margin that small is a tie, not a win.

@@ -95,6 +95,7 @@ def dpo_loss(
     loss_type: str = "sigmoid",
     chosen_tokens: torch.Tensor | None = None,
     rejected_tokens: torch.Tensor | None = None,
+    sft_weight: float = 0.0,
 ) -> PreferenceStats:
     """Direct Preference Optimization loss, summed over pairs.
 
@@ -111,9 +112,14 @@ def dpo_loss(
         "ipo": (d_c/n_c - d_r/n_r - 1/(2*beta))**2 with each side's log-ratio divided by its
             completion token count (chosen_tokens, rejected_tokens: (pairs,), required), as
             TRL 1.16 normalises IPO.
+    sft_weight > 0 adds sft_weight * (-policy_chosen / chosen_tokens) per pair: the chosen
+        answer's token-mean NLL (RPO; TRL's loss_type ["sigmoid", "sft"] with loss_weights
+        [1, sft_weight], except that TRL averages over all chosen tokens of a micro-batch where
+        this weights every pair equally; the two agree for equally long chosen answers).
     Rewards are beta * (policy - ref) per side, summed log-probs, whatever the loss type.
     Raises ValueError for an unknown loss_type, label_smoothing outside [0, 0.5) or with a loss
-    other than sigmoid, ipo or sigmoid_norm without token counts, or inputs of different shapes.
+    other than sigmoid, ipo, sigmoid_norm or an SFT term without token counts, a negative
+    sft_weight, or inputs of different shapes.
     """
     _check_same_shape(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
     if loss_type not in DPO_LOSS_TYPES:
@@ -122,6 +128,15 @@ def dpo_loss(
         raise ValueError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}.")
     if label_smoothing and loss_type != "sigmoid":
         raise ValueError(f"label_smoothing applies to loss_type 'sigmoid' only, not {loss_type!r}.")
+    if sft_weight < 0:
+        raise ValueError(f"sft_weight must be 0 or more, got {sft_weight}.")
+    if (loss_type in ("ipo", "sigmoid_norm") or sft_weight) and (
+        chosen_tokens is None or rejected_tokens is None
+    ):
+        raise ValueError(
+            f"loss_type {loss_type!r} or an SFT term normalises by completion length: pass"
+            " chosen_tokens and rejected_tokens, the labelled-token count of each row."
+        )
     chosen_logratios = policy_chosen.float() - ref_chosen.detach().float()
     rejected_logratios = policy_rejected.float() - ref_rejected.detach().float()
     delta = chosen_logratios - rejected_logratios
@@ -132,11 +147,6 @@ def dpo_loss(
     elif loss_type == "hinge":
         losses = torch.relu(1 - beta * delta)
     else:
-        if chosen_tokens is None or rejected_tokens is None:
-            raise ValueError(
-                f"loss_type {loss_type!r} normalises by completion length: pass chosen_tokens"
-                " and rejected_tokens, the labelled-token count of each row."
-            )
         norm_delta = chosen_logratios / chosen_tokens.clamp(min=1) - rejected_logratios / (
             rejected_tokens.clamp(min=1)
         )
@@ -144,6 +154,8 @@ def dpo_loss(
             losses = (norm_delta - 1 / (2 * beta)) ** 2
         else:
             losses = -F.logsigmoid(beta * norm_delta)
+    if sft_weight:
+        losses = losses - sft_weight * policy_chosen.float() / chosen_tokens.clamp(min=1)
     return _paired_stats(losses, beta * chosen_logratios, beta * rejected_logratios)
 
 

@@ -49,7 +49,13 @@ def objective(recipe: Recipe, model, teacher) -> torch.nn.Module:
     if task == "classification":
         return ClassificationLoss(model)
     if task == "dpo":
-        return DPOLoss(model, preference.beta, preference.loss_type, preference.label_smoothing)
+        return DPOLoss(
+            model,
+            preference.beta,
+            preference.loss_type,
+            preference.label_smoothing,
+            preference.sft_weight,
+        )
     if task == "kto":
         return KTOLoss(
             model, preference.beta, preference.desirable_weight, preference.undesirable_weight
