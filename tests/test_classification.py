@@ -164,6 +164,12 @@ def test_other_text_and_label_columns_are_named_in_the_recipe(tmp_path, tiny_enc
     assert "accuracy" in val_metrics(run)[-1]
     assert main(["eval", str(run)]) == 0  # the run's own test split
     assert main(["eval", str(run), "--data", str(data)]) == 0  # the user's layout
+    relabelled = [{"review": r["review"], "gold": r["stars"]} for r in rows[:10]]
+    other = write_jsonl(tmp_path / "other.jsonl", relabelled)
+    assert main(["eval", str(run), "--data", str(other)]) == 2  # no `stars` field
+    assert "other.jsonl: no labelled rows (text and stars)" in capsys.readouterr().err
+    assert main(["eval", str(run), "--data", str(other), "--label-column", "gold"]) == 0
+    assert json.loads((run / "eval.json").read_text())["rows"] == 10
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"text": "a", "review": "b", "stars": "pos"}])
     assert main(["data", "validate", str(broken), "--recipe", str(recipe)]) == 2
     assert "also has a field 'text' beside 'review'" in capsys.readouterr().out
