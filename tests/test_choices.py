@@ -313,7 +313,7 @@ def test_a_choice_prompt_on_data_without_choices_says_it_does_nothing(tmp_path, 
     assert "--choice-prompt has no effect" in caplog.text
 
 
-def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys):
+def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys, caplog):
     data = write_jsonl(tmp_path / "mc.jsonl", choice_rows(20))
     recipe = write_recipe(
         tmp_path / "r.yaml",
@@ -339,6 +339,14 @@ def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys):
         )
     for sample in result["samples"]:
         assert sample["tuned"] in sample["prompt"] and sample["base"] in sample["prompt"]
+    # the run's own split was rendered when it was prepared: another rendering cannot apply
+    with caplog.at_level("WARNING", logger="migaki"):
+        assert main(["eval", str(run), "--choice-prompt", "question"]) == 0
+    assert "no effect on the run's own test split, rendered as data.choice_prompt listed" in (
+        caplog.text
+    )
+    again = json.loads((run / "eval.json").read_text())
+    assert [s["prompt"] for s in again["samples"]] == [s["prompt"] for s in result["samples"]]
 
 
 def test_eval_reads_raw_choice_data_as_the_run_trained_unless_told_otherwise(tmp_path, tiny_model):

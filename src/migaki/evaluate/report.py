@@ -180,6 +180,14 @@ def _examples(
         data = target / "data" / "test.jsonl"
         if not data.is_file() or not data.read_text().strip():
             raise UserError(f"{target}: the run has no test split; give --data FILE")
+        if choice_prompt:
+            # the split files hold rows rendered as chats when the run was prepared
+            log.warning(
+                "--choice-prompt has no effect on the run's own test split, rendered as "
+                "data.choice_prompt %s; give --data FILE with the raw rows",
+                recipe.data.choice_prompt,
+            )
+            choice_prompt = None
     label_column = label_column or (recipe.data.label_column if recipe else "label")
     rendering = choice_prompt or (recipe.data.choice_prompt if recipe else "listed")
     rows = to_examples(read_records(data), "auto", label_column, rendering)
