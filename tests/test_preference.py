@@ -128,46 +128,52 @@ def test_gradients_reach_the_policy_logits_and_not_the_reference():
 # DPO
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "sigmoid_norm", "hinge", "ipo"])
-def test_dpo_loss_equals_trl_dpo_trainer(loss_type, policy, reference, tokenizer, tmp_path):
-    trl = pytest.importorskip("trl")
+def trl_dpo_batch(trl, config, pairs, policy, reference, tokenizer):
+    """TRL's DPOTrainer on `pairs`: its first batch, its loss, and the trainer (for its logs)."""
     from datasets import Dataset
 
     rows = []
-    for prompt, chosen, rejected in PAIRS:
+    for prompt, chosen, rejected in pairs:
         prompt_messages, chosen_messages = conversational(prompt, chosen)
+        rejected_messages = conversational(prompt, rejected)[1]
         rows.append(
-            {
-                "prompt": prompt_messages,
-                "chosen": chosen_messages,
-                "rejected": conversational(prompt, rejected)[1],
-            }
+            {"prompt": prompt_messages, "chosen": chosen_messages, "rejected": rejected_messages}
         )
     trainer = trl.DPOTrainer(
         model=policy,
         ref_model=reference,
-        args=trl_args(trl.DPOConfig, tmp_path, batch_size=3, loss_type=[loss_type]),
+        args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    batch = next(iter(trainer.get_train_dataloader()))  # rows: [chosen x3; rejected x3]
-    trl_loss = trainer.compute_loss(trainer.model, batch)
+    batch = next(iter(trainer.get_train_dataloader()))  # rows: [chosen...; rejected...]
+    return batch, trainer.compute_loss(trainer.model, batch), trainer
 
+
+def dpo_inputs(batch, policy, reference) -> dict[str, torch.Tensor]:
+    """migaki's dpo_loss arguments from the same batch: completion log-probs and token counts."""
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     inputs = (batch["input_ids"], batch["attention_mask"], labels)
     policy_chosen, policy_rejected = logps_of(policy, *inputs).chunk(2)
     ref_chosen, ref_rejected = logps_of(reference, *inputs).chunk(2)
     chosen_tokens, rejected_tokens = (labels[:, 1:] != -100).sum(-1).chunk(2)
-    stats = dpo_loss(
-        policy_chosen,
-        policy_rejected,
-        ref_chosen,
-        ref_rejected,
-        beta=BETA,
-        loss_type=loss_type,
-        chosen_tokens=chosen_tokens,
-        rejected_tokens=rejected_tokens,
-    )
+    return {
+        "policy_chosen": policy_chosen,
+        "policy_rejected": policy_rejected,
+        "ref_chosen": ref_chosen,
+        "ref_rejected": ref_rejected,
+        "chosen_tokens": chosen_tokens,
+        "rejected_tokens": rejected_tokens,
+    }
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "sigmoid_norm", "hinge", "ipo"])
+def test_dpo_loss_equals_trl_dpo_trainer(loss_type, policy, reference, tokenizer, tmp_path):
+    trl = pytest.importorskip("trl")
+    config = trl_args(trl.DPOConfig, tmp_path, batch_size=3, loss_type=[loss_type])
+    batch, trl_loss, trainer = trl_dpo_batch(trl, config, PAIRS, policy, reference, tokenizer)
+
+    stats = dpo_loss(**dpo_inputs(batch, policy, reference), beta=BETA, loss_type=loss_type)
     assert stats.pairs == 3
     torch.testing.assert_close(stats.loss_sum / stats.pairs, trl_loss.detach(), rtol=0, atol=1e-5)
     assert stats.reward_chosen_sum != 0 and stats.reward_rejected_sum != 0  # policy != reference
@@ -184,51 +190,21 @@ def test_dpo_with_an_sft_term_equals_trl_sigmoid_plus_sft(
     """One pair per batch, where TRL's token mean over the batch's chosen answers and migaki's
     mean over pairs of each answer's token mean are the same number."""
     trl = pytest.importorskip("trl")
-    from datasets import Dataset
-
-    prompt, chosen, rejected = PAIRS[pair]
-    prompt_messages, chosen_messages = conversational(prompt, chosen)
-    row = {
-        "prompt": prompt_messages,
-        "chosen": chosen_messages,
-        "rejected": conversational(prompt, rejected)[1],
-    }
     weight = 0.7
-    args = trl_args(
+    config = trl_args(
         trl.DPOConfig,
         tmp_path,
         batch_size=1,
         loss_type=["sigmoid", "sft"],
         loss_weights=[1, weight],
     )
-    trainer = trl.DPOTrainer(
-        model=policy,
-        ref_model=reference,
-        args=args,
-        train_dataset=Dataset.from_list([row]),
-        processing_class=tokenizer,
-    )
-    batch = next(iter(trainer.get_train_dataloader()))
-    trl_loss = trainer.compute_loss(trainer.model, batch)
+    batch, trl_loss, _ = trl_dpo_batch(trl, config, [PAIRS[pair]], policy, reference, tokenizer)
 
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    inputs = (batch["input_ids"], batch["attention_mask"], labels)
-    policy_chosen, policy_rejected = logps_of(policy, *inputs).chunk(2)
-    ref_chosen, ref_rejected = logps_of(reference, *inputs).chunk(2)
-    chosen_tokens, rejected_tokens = (labels[:, 1:] != -100).sum(-1).chunk(2)
-    stats = dpo_loss(
-        policy_chosen,
-        policy_rejected,
-        ref_chosen,
-        ref_rejected,
-        beta=BETA,
-        chosen_tokens=chosen_tokens,
-        rejected_tokens=rejected_tokens,
-        sft_weight=weight,
-    )
+    inputs = dpo_inputs(batch, policy, reference)
+    stats = dpo_loss(**inputs, beta=BETA, sft_weight=weight)
     torch.testing.assert_close(stats.loss_sum, trl_loss.detach(), rtol=0, atol=1e-5)
-    without = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=BETA)
-    nll = -policy_chosen / chosen_tokens
+    without = dpo_loss(**inputs, beta=BETA)
+    nll = -inputs["policy_chosen"] / inputs["chosen_tokens"]
     torch.testing.assert_close(stats.loss_sum, without.loss_sum + weight * nll.sum())
 
 
