@@ -341,7 +341,8 @@ def test_eval_of_a_run_trained_on_choice_data(tmp_path, tiny_model, capsys, capl
         assert sample["tuned"] in sample["prompt"] and sample["base"] in sample["prompt"]
     # the run's own split was rendered when it was prepared: another rendering cannot apply
     with caplog.at_level("WARNING", logger="migaki"):
-        assert main(["eval", str(run), "--choice-prompt", "question"]) == 0
+        assert main(["eval", str(run), "--choice-prompt", "question", "--label-column", "x"]) == 0
+    assert "--label-column has no effect without --data" in caplog.text
     assert "no effect on the run's own test split, rendered as data.choice_prompt listed" in (
         caplog.text
     )

@@ -53,6 +53,12 @@ def evaluate(
     target_path = Path(target)
     is_run = (target_path / "recipe.yaml").is_file()
     recipe = load_run_recipe(target_path) if is_run else None
+    if label_column and data is None:
+        log.warning(
+            "--label-column has no effect without --data: a run's own split files keep their "
+            "labels where migaki wrote them"
+        )
+        label_column = None
     if recipe is not None and recipe.task == "classification":
         from migaki.evaluate.classification import evaluate_classifier
 
