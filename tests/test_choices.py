@@ -296,7 +296,10 @@ def test_eval_of_a_bare_model_reads_the_label_field_it_is_told(tmp_path, tiny_mo
     ]
     data = write_jsonl(tmp_path / "mc.jsonl", rows)
     assert main(["eval", str(tiny_model), "--data", str(data)]) == 2
-    assert "mc.jsonl" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "mc.jsonl" in err and "name it (data.label_column, or migaki eval's --label-column" in err
+    )
     from migaki.evaluate import evaluate
 
     result = evaluate(tiny_model, data=data, generate=False, label_column="gold")

@@ -167,7 +167,7 @@ def test_other_text_and_label_columns_are_named_in_the_recipe(tmp_path, tiny_enc
     relabelled = [{"review": r["review"], "gold": r["stars"]} for r in rows[:10]]
     other = write_jsonl(tmp_path / "other.jsonl", relabelled)
     assert main(["eval", str(run), "--data", str(other)]) == 2  # no `stars` field
-    assert "other.jsonl: no labelled rows (text and stars)" in capsys.readouterr().err
+    assert "other.jsonl: no labelled rows (review and stars)" in capsys.readouterr().err
     assert main(["eval", str(run), "--data", str(other), "--label-column", "gold"]) == 0
     assert json.loads((run / "eval.json").read_text())["rows"] == 10
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"text": "a", "review": "b", "stars": "pos"}])

@@ -137,10 +137,24 @@ def _detect(record: Record, label_column: str) -> str:
             record.line,
             f"cannot tell the format from the keys ({keys}); expected messages, conversations, "
             f"instruction/output, prompt/completion, chosen/rejected, question with choices and "
-            f"{label_column}, text, or text with {label_column}" + _header_hint(record),
+            f"{label_column}, text, or text with {label_column}"
+            + _label_hint(record, label_column)
+            + _header_hint(record),
             "unknown_format",
         )
     return detected
+
+
+def _label_hint(record: Record, label_column: str) -> str:
+    """A row that would be multiple choice or classification but for its label field."""
+    fields = record.fields
+    choice = "question" in fields and ("choices" in fields or "choice0" in fields)
+    if not choice and not any(key in fields for key in CLASSIFICATION_TEXT_KEYS):
+        return ""
+    return (
+        f"; if another field holds the label, name it (data.label_column, or migaki eval's "
+        f"--label-column; now {label_column!r})"
+    )
 
 
 def _header_hint(record: Record) -> str:

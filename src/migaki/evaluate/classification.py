@@ -83,7 +83,7 @@ def _examples(
     label_column = (label_column or recipe.data.label_column) if data else "label"
     examples = [e for e in to_examples(records, "auto", label_column) if e.label]
     if not examples:
-        raise UserError(f"{path}: no labelled rows (text and {label_column})")
+        raise UserError(f"{path}: no labelled rows ({text_column or 'text'} and {label_column})")
     return examples
 
 

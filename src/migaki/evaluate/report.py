@@ -53,7 +53,7 @@ def evaluate(
     target_path = Path(target)
     is_run = (target_path / "recipe.yaml").is_file()
     recipe = load_run_recipe(target_path) if is_run else None
-    if label_column and data is None:
+    if label_column and data is None and is_run:  # a bare model without data fails below
         log.warning(
             "--label-column has no effect without --data: a run's own split files keep their "
             "labels where migaki wrote them"
