@@ -5,6 +5,7 @@ on training and validation rows."""
 import math
 
 import pytest
+import torch
 from conftest import write_jsonl, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -242,6 +243,46 @@ def test_dpo_with_full_fine_tuning_uses_references_computed_up_front(tmp_path, t
     assert abs(val[0]["reward_margin"]) < 1e-6  # the references are the untrained model's
     assert val[0]["pref_accuracy"] == 0.0  # float noise between batchings is a tie
     assert val[-1]["reward_margin"] > 0 and val[-1]["pref_accuracy"] >= 0.75
+
+
+def test_validation_references_are_computed_in_the_batches_validation_uses(tokenizer, tiny_model):
+    # In bf16 a sequence's summed log-probability depends on the batch it is computed in (by
+    # ~0.01 nats on SmolLM2), so references batched otherwise than validation batches its
+    # rows made the step-0 pref_accuracy of a full-weight DPO run 0.24 instead of 0.
+    from accelerate import Accelerator
+
+    from migaki.config import Recipe
+    from migaki.data.pairs import collate_pairs, tokenize_pairs
+    from migaki.train.loop import evaluation_groups
+    from migaki.train.tasks import precompute_reference
+
+    rows = pairs(20)
+    for i, row in enumerate(rows):
+        row["prompt"] += " Please answer." * (i % 5)
+    examples = to_examples([Record("p", i + 1, row) for i, row in enumerate(rows)])
+    tokenized, _ = tokenize_pairs(examples, tokenizer, max_length=128)
+    split = {"train": tokenized[:8], "val": tokenized[8:]}
+
+    class Recorder(torch.nn.Module):
+        def precompute_reference(self, batches):
+            self.batches = [batch["input_ids"].tolist() for batch in batches]
+
+    recipe = Recipe.model_validate(
+        {
+            "model": {"base": str(tiny_model)},
+            "task": "dpo",
+            "data": {"train": "p.jsonl"},
+            "train": {"batch_size": 4},
+        }
+    )
+    recorder = Recorder()
+    precompute_reference(Accelerator(cpu=True), recorder, split, recipe, tokenizer.pad_token_id)
+    validation = [
+        collate_pairs(group, tokenizer.pad_token_id)["input_ids"].tolist()
+        for group in evaluation_groups(split["val"], 4)
+    ]
+    assert recorder.batches[-len(validation) :] == validation
+    assert len(recorder.batches) == 2 + len(validation)  # and every train pair
 
 
 def test_dropping_early_turns_never_leaves_an_answer_first():

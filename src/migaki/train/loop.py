@@ -251,7 +251,7 @@ def _validate(
     Each process evaluates its share of the rows; the sums are combined, so every process
     takes the same decision. A forgetting guard adds its reference loss to the record."""
     model.eval()
-    share = val_rows[accelerator.process_index :: accelerator.num_processes]
+    share = process_share(val_rows, accelerator)
     # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
     # broadcasts), which hang when processes hold different numbers of validation batches.
     bare = accelerator.unwrap_model(model)
@@ -305,13 +305,11 @@ def evaluate_rows(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
 ) -> dict[str, float]:
-    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`).
-    Rows are batched in order of length: sums do not depend on the order, padding does."""
+    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
     loss_sum, tokens, correct, confusion = 0.0, 0, 0, None
     extras: dict[str, float] = {}
-    rows = sorted(rows, key=lambda row: len(row.input_ids))
-    for start in range(0, len(rows), batch_size):
-        batch = _to_device(collate_fn(rows[start : start + batch_size]), device)
+    for group in evaluation_groups(rows, batch_size):
+        batch = _to_device(collate_fn(group), device)
         with autocast():
             parts = loss_fn(batch)
         loss_sum += parts.loss_sum.item()
@@ -324,6 +322,18 @@ def evaluate_rows(
     sums = {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
     sums |= {f"extra_{key}": value for key, value in extras.items()}
     return sums | ({"confusion": confusion} if confusion is not None else {})
+
+
+def process_share(rows: list, accelerator) -> list:
+    """The validation rows this process evaluates."""
+    return rows[accelerator.process_index :: accelerator.num_processes]
+
+
+def evaluation_groups(rows: list, batch_size: int) -> list[list]:
+    """Rows in order of length, in batches of `batch_size`: sums do not depend on the order,
+    padding does."""
+    rows = sorted(rows, key=lambda row: len(row.input_ids))
+    return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
 
 
 def summarize(sums: dict[str, Any]) -> dict[str, float]:

@@ -294,8 +294,9 @@ class DPOLoss(torch.nn.Module):
             rejected_tokens=tokens[pairs:],
             sft_weight=self.sft_weight,
         )
-        # A reference computed in another batch (other padding) differs from an unchanged
-        # policy by float noise (~1e-6 nats); a margin that small is a tie, not a win.
+        # A reference computed in another batch differs from an unchanged policy by float
+        # noise (~1e-6 nats in fp32); a margin that small is a tie, not a win. bf16 noise is
+        # larger, so validation references are computed in validation's own batches.
         margin = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
         stats.correct = int((margin.detach() > TIE_NATS).sum())
         return _preference_parts(stats)

@@ -28,6 +28,7 @@ from migaki.data.pairs import (
 )
 from migaki.errors import UserError
 from migaki.methods import PROMPT_LEARNING
+from migaki.train.loop import evaluation_groups, process_share
 from migaki.train.objectives import (
     CausalLMLoss,
     ClassificationLoss,
@@ -70,15 +71,21 @@ def objective(recipe: Recipe, model, teacher) -> torch.nn.Module:
 
 
 def precompute_reference(accelerator, objective, rows, recipe: Recipe, pad_token_id) -> None:
-    """Reference log-probabilities of every train and val pair, from the untrained weights."""
-    items = rows["train"] + rows["val"]
+    """Reference log-probabilities of every train pair and of this process's val pairs, from
+    the untrained weights. The val pairs are batched exactly as validation batches them: in
+    bf16 a sum depends on the batch it is computed in (by up to ~0.01 nats), enough to count
+    pairs as won or lost at step 0, where policy and reference are the same weights."""
     size = recipe.train.batch_size // recipe.train.grad_accum
+    train = [rows["train"][i : i + size] for i in range(0, len(rows["train"]), size)]
+    groups = train + evaluation_groups(process_share(rows["val"], accelerator), size)
     device = accelerator.device
     batches = (
-        {k: v.to(device) for k, v in collate_pairs(items[i : i + size], pad_token_id).items()}
-        for i in range(0, len(items), size)
+        {k: v.to(device) for k, v in collate_pairs(group, pad_token_id).items()} for group in groups
     )
-    log.info("reference log-probabilities of %d pairs, computed once up front", len(items))
+    log.info(
+        "reference log-probabilities of %d pairs, computed once up front",
+        sum(len(group) for group in groups),
+    )
     with accelerator.autocast():
         accelerator.unwrap_model(objective).precompute_reference(batches)
 
