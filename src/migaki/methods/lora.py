@@ -5,6 +5,7 @@ direction) and `qlora` (LoRA on a base loaded in 4 bits, see `models.load_causal
 
 from __future__ import annotations
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
 
@@ -16,6 +17,7 @@ def apply(model: PreTrainedModel, method: MethodConfig, task: str = "sft") -> Pe
         # Casts norms to fp32 for stable training on a quantized base; checkpointing stays as
         # the recipe set it.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        keep_4bit_weights_differentiable(model)
     config = LoraConfig(
         r=method.lora_rank,
         lora_alpha=method.lora_alpha,
@@ -31,3 +33,19 @@ def apply(model: PreTrainedModel, method: MethodConfig, task: str = "sft") -> Pe
 def load_final(base: PreTrainedModel, final_dir: str) -> PeftModel:
     """The tuned model from a run's final/ (a PEFT adapter) on top of its base."""
     return PeftModel.from_pretrained(base, final_dir)
+
+
+def keep_4bit_weights_differentiable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns the layers changed.
+
+    On a CPU with avx512_bf16, bitsandbytes 0.50 repacks a Linear4bit's weights the first time
+    it runs in eval mode without gradients (a validation pass) and never unpacks them when
+    training resumes. The packed kernel has no backward, so from then on no gradient flows
+    through the frozen 4-bit layers to the adapters below them: training goes on, silently
+    wrong. Unpacked weights cost some CPU validation speed and nothing on a GPU."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
