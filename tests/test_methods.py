@@ -128,22 +128,25 @@ def test_qlora_trains_on_cpu_and_its_adapter_reloads(tmp_path, tiny_model, capsy
     PeftModel.from_pretrained(base_model(tiny_model), str(run / "final"))
 
 
-def test_qlora_gradients_are_the_same_after_a_validation_pass(tiny_model, tokenizer):
-    # bitsandbytes repacks 4-bit weights for CPU inference (on CPUs with avx512_bf16) in the
-    # first no-grad eval forward and kept them packed when training resumed; the packed kernel
-    # has no backward, so gradients through the frozen 4-bit layers were dropped. On a CPU
-    # without avx512_bf16 nothing is repacked and this test passes either way.
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_gradients_are_the_same_after_a_validation_pass(name, tiny_model, tokenizer):
+    # A validation pass (eval mode, no gradients) must leave nothing behind that changes
+    # training. bitsandbytes did: it repacks 4-bit weights for CPU inference (on CPUs with
+    # avx512_bf16) and kept them packed when training resumed; the packed kernel has no
+    # backward, so qlora's gradients through the frozen 4-bit layers were dropped.
     from migaki import models
     from migaki.models.load import load_causal_lm
 
     batch = batch_of(tokenizer)
+    method = MethodConfig(name=name, lora_rank=4, lora_alpha=8, lora_dropout=0.0)
 
-    def adapter_gradients(validate_first: bool) -> dict[str, torch.Tensor]:
+    def gradients(validate_first: bool) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        model = load_causal_lm(models.resolve(str(tiny_model)), quantize_4bit="nf4")
-        model = apply_method(model, MethodConfig(name="qlora", lora_rank=4, lora_alpha=8))
-        for name, param in model.named_parameters():
-            if "lora_B" in name:  # nonzero, so that gradients reach the layers below
+        quantize = "nf4" if name == "qlora" else None
+        model = load_causal_lm(models.resolve(str(tiny_model)), quantize_4bit=quantize)
+        model = apply_method(model, method)
+        for param_name, param in model.named_parameters():
+            if "lora_B" in param_name:  # nonzero, so that gradients reach the layers below
                 torch.nn.init.normal_(param, std=0.1)
         if validate_first:
             model.eval()
@@ -151,12 +154,12 @@ def test_qlora_gradients_are_the_same_after_a_validation_pass(tiny_model, tokeni
                 model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         model.train()
         causal_lm_loss(model, batch).loss_sum.backward()
-        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        return {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
-    fresh, after_validation = adapter_gradients(False), adapter_gradients(True)
-    assert fresh.keys() == after_validation.keys()
-    for name, gradient in fresh.items():
-        torch.testing.assert_close(after_validation[name], gradient, msg=name)
+    fresh, after_validation = gradients(False), gradients(True)
+    assert fresh and fresh.keys() == after_validation.keys()
+    for param_name, gradient in fresh.items():
+        torch.testing.assert_close(after_validation[param_name], gradient, msg=param_name)
 
 
 def test_freeze_refuses_more_layers_than_the_model_has(tiny_model):
