@@ -35,17 +35,14 @@ def load_final(base: PreTrainedModel, final_dir: str) -> PeftModel:
     return PeftModel.from_pretrained(base, final_dir)
 
 
-def keep_4bit_weights_differentiable(model: torch.nn.Module) -> int:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns the layers changed.
+def keep_4bit_weights_differentiable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference.
 
     On a CPU with avx512_bf16, bitsandbytes 0.50 repacks a Linear4bit's weights the first time
     it runs in eval mode without gradients (a validation pass) and never unpacks them when
     training resumes. The packed kernel has no backward, so from then on no gradient flows
     through the frozen 4-bit layers to the adapters below them: training goes on, silently
     wrong. Unpacked weights cost some CPU validation speed and nothing on a GPU."""
-    changed = 0
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
-            changed += 1
-    return changed
