@@ -28,7 +28,7 @@ from migaki.data.prepare import Splits
 from migaki.data.replay import CHAT_KINDS, example_kind, read_extra_file
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import UserError
-from migaki.train.loop import evaluate_rows, summarize
+from migaki.train.loop import evaluate_rows, process_share, summarize
 from migaki.train.tracking import MetricsLog, read_metrics
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class ForgettingGuard:
         """The reference loss of the model now and its rise over the baseline; the first call
         sets the baseline. Every process must call it (the sums are combined); the model must
         be in eval mode. `loss_module` is the unwrapped causal-LM objective."""
-        share = self.rows[accelerator.process_index :: accelerator.num_processes]
+        share = process_share(self.rows, accelerator)
         sums = evaluate_rows(
             lambda batch: loss_module(**batch),
             share,
