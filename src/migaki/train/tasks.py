@@ -72,12 +72,13 @@ def objective(recipe: Recipe, model, teacher) -> torch.nn.Module:
 
 def precompute_reference(accelerator, objective, rows, recipe: Recipe, pad_token_id) -> None:
     """Reference log-probabilities of every train pair and of this process's val pairs, from
-    the untrained weights. The val pairs are batched exactly as validation batches them: in
-    bf16 a sum depends on the batch it is computed in (by up to ~0.01 nats), enough to count
-    pairs as won or lost at step 0, where policy and reference are the same weights."""
+    the untrained weights, in batches of similar lengths (little padding). The val pairs are
+    batched exactly as validation batches them: in bf16 a sum depends on the batch it is
+    computed in (by up to ~0.01 nats), enough to count pairs as won or lost at step 0, where
+    policy and reference are the same weights."""
     size = recipe.train.batch_size // recipe.train.grad_accum
-    train = [rows["train"][i : i + size] for i in range(0, len(rows["train"]), size)]
-    groups = train + evaluation_groups(process_share(rows["val"], accelerator), size)
+    val = process_share(rows["val"], accelerator)
+    groups = evaluation_groups(rows["train"], size) + evaluation_groups(val, size)
     device = accelerator.device
     batches = (
         {k: v.to(device) for k, v in collate_pairs(group, pad_token_id).items()} for group in groups
