@@ -46,6 +46,18 @@ def test_batch_must_divide_into_micro_batches():
         build_recipe({**MINIMUM, "train": {"batch_size": 6, "grad_accum": 4}})
 
 
+def test_a_check_across_sections_names_its_key_after_the_file():
+    with pytest.raises(UserError) as err:
+        build_recipe({**MINIMUM, "train": {"batch_size": 6, "grad_accum": 4}}, source="r.yaml")
+    assert str(err.value).startswith("r.yaml: train.batch_size (6) must be a multiple")
+
+
+@pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "distill"])
+def test_head_is_refused_for_a_task_without_a_task_head(task):
+    with pytest.raises(UserError, match=f"method head .* which task {task} does not have"):
+        build_recipe({**MINIMUM, "task": task, "method": {"name": "head"}})
+
+
 def test_overrides_parse_yaml_scalars_and_nest():
     raw = {"train": {"lr": 1.0}}
     apply_overrides(

@@ -441,6 +441,11 @@ class Recipe(Section):
                 f"preference.sft_weight applies to task dpo only (not {self.task}; orpo has its "
                 "own NLL term)"
             )
+        if self.method.name == "head" and self.task not in ("classification", "reward"):
+            raise ValueError(
+                f"method.name: method head trains only a new task head, which task {self.task} "
+                "does not have; use it with task classification or reward"
+            )
         adapters = ("lora", "dora", "qlora", "ia3")
         reference_free = ("full", "freeze", "gradual")  # reference computed up front
         if self.task == "dpo" and self.method.name not in adapters + reference_free:
@@ -565,8 +570,10 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"missing key '{key}'"
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across sections: its message starts with the key it names
+        return message
     value = error.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, dict | list) and key != "recipe" else ""
+    shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
     return f"{key}: {message}{shown}"
 
 
