@@ -5,6 +5,7 @@ from conftest import write_jsonl
 
 from migaki.config import DataConfig
 from migaki.data import load_splits, read_records, split_examples, to_examples
+from migaki.data.load import scan_records
 from migaki.errors import DataError
 
 CHAT = {"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}
@@ -44,9 +45,9 @@ def test_non_object_row(tmp_path):
 def test_missing_and_unknown_files(tmp_path):
     with pytest.raises(DataError, match="data file not found"):
         read_records(tmp_path / "nope.jsonl")
-    (tmp_path / "x.txt").write_text("hi")
+    (tmp_path / "x.docx").write_text("hi")
     with pytest.raises(DataError, match="unknown data file type"):
-        read_records(tmp_path / "x.txt")
+        read_records(tmp_path / "x.docx")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="holds no rows"):
         read_records(tmp_path / "empty.jsonl")
@@ -66,6 +67,40 @@ def test_csv_tsv_json_parquet(tmp_path):
     assert to_examples(read_records(tmp_path / "d.tsv"))[0].messages[0]["content"] == "Do"
     assert [e.text for e in to_examples(read_records(tmp_path / "d.json"))] == ["one", "two"]
     assert to_examples(read_records(tmp_path / "d.parquet"))[1].reference == "A"
+
+
+def test_plain_text_rows_are_paragraphs_or_lines(tmp_path):
+    path = tmp_path / "manual.md"
+    path.write_text("# Kettle\r\nIt boils.\n\n\n  \nClean it weekly.\n\n湯を沸かす。\n")
+    paragraphs = read_records(path)
+    assert [(r.line, r.fields) for r in paragraphs] == [
+        (1, {"text": "# Kettle\nIt boils."}),
+        (6, {"text": "Clean it weekly."}),
+        (8, {"text": "湯を沸かす。"}),
+    ]
+    lines = read_records(path, text_unit="line")
+    assert [r.line for r in lines] == [1, 2, 6, 8]
+    assert [e.text for e in to_examples(lines)][:2] == ["# Kettle", "It boils."]
+
+
+def test_plain_text_bad_line_is_located_and_splits_its_paragraph(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"one\ntwo\n\xff\nthree\n")
+    scan = scan_records(path)
+    assert [str(p) for p in scan.problems] == [f"{path}:3: not valid UTF-8 (byte 0xff at column 1)"]
+    assert [(r.line, r.fields["text"]) for r in scan.records] == [(1, "one\ntwo"), (4, "three")]
+
+
+def test_a_text_file_without_blank_lines_is_one_paragraph_and_says_so(tmp_path):
+    path = tmp_path / "lines.txt"
+    path.write_text("".join(f"sentence {i}.\n" for i in range(5)))
+    scan = scan_records(path)
+    assert len(scan.records) == 1
+    assert scan.notes == [
+        "no blank line in 5 lines, so the whole file is one row "
+        "(data.text_unit: line makes each line a row)"
+    ]
+    assert len(scan_records(path, text_unit="line").records) == 5
 
 
 def test_csv_extra_field_is_located(tmp_path):

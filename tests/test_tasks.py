@@ -152,6 +152,44 @@ def test_pretrain_splits_long_texts_and_learns_every_token(tmp_path, tiny_model,
     assert manifest["data"]["rows"]["train"] > 19  # every text became several pieces
 
 
+def test_pretrain_reads_a_plain_text_file_paragraph_by_paragraph(tmp_path, tiny_model, caplog):
+    paragraphs = [f"Kumokaze kettle {i} boils water\nin {90 + i} seconds." for i in range(20)]
+    data = tmp_path / "manual.txt"
+    data.write_text("\n\n".join(paragraphs) + "\n")
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        task="pretrain",
+        data={"split": {"val": 0.2, "test": 0.0}},
+        train={"max_steps": 4, "eval_every": 2},
+    )
+    run = tmp_path / "run"
+    caplog.set_level(logging.INFO)
+    assert main(["train", str(recipe), "--out", str(run)]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["data"]["rows"] == {"train": 16, "val": 4, "test": 0}
+    assert "no validation rows" not in caplog.text
+    assert val_rows(run)
+
+
+def test_a_split_too_small_for_a_validation_row_is_announced(tmp_path, tiny_model, caplog):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(4))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        train={"max_steps": 2, "early_stopping": {"patience": 2}},
+    )
+    caplog.set_level(logging.INFO)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "run")]) == 0
+    assert (
+        "no validation rows (data.split.val 0.1 of 4 rows rounds to 0): this run has no "
+        "validation loss, early stopping, a best checkpoint (final/ holds the last step); "
+        "give data.val" in caplog.text
+    )
+
+
 def test_pretrain_refuses_conversations(tmp_path, tiny_model, capsys):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(8))
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model, data, task="pretrain")

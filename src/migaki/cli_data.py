@@ -35,7 +35,7 @@ def add_data_command(commands) -> None:
         return add_command(actions, name, summary, EXAMPLES[name])
 
     validate = action("validate", "Check every row of a data file; list each problem as FILE:LINE.")
-    validate.add_argument("file", help="data file (jsonl, json, csv, tsv, parquet)")
+    validate.add_argument("file", help="data file (jsonl, json, csv, tsv, parquet, txt, md)")
     _file_options(validate)
     validate.add_argument(
         "--max-errors", type=int, default=50, help="problems to print (0: all; default 50)"
@@ -92,6 +92,11 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", help="column names of a csv/tsv without header: a,b")
     parser.add_argument("--labels", help="allowed labels, comma separated")
     parser.add_argument("--label-column", help="field holding the label (default label)")
+    parser.add_argument(
+        "--text-unit",
+        choices=("paragraph", "line"),
+        help="a row of a .txt/.md file: lines up to a blank line (default), or each line",
+    )
 
 
 def _data_config(args: argparse.Namespace):
@@ -111,6 +116,8 @@ def _data_config(args: argparse.Namespace):
         updates["labels"] = [c.strip() for c in args.labels.split(",")]
     if args.label_column:
         updates["label_column"] = args.label_column
+    if args.text_unit:
+        updates["text_unit"] = args.text_unit
     return recipe, data.model_copy(update=updates)
 
 

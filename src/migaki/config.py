@@ -129,6 +129,7 @@ class AugmentConfig(Section):
 
 
 ChoicePrompt = Literal["listed", "question"]  # the user turn of multiple-choice rows
+TextUnit = Literal["paragraph", "line"]  # one row of a plain-text file
 
 DataFormat = Literal[
     "auto",
@@ -144,7 +145,9 @@ DataFormat = Literal[
 
 
 class DataConfig(Section):
-    train: str = Field(description="Training data file (jsonl, json, csv, tsv, parquet).")
+    train: str = Field(
+        description="Training data file (jsonl, json, csv, tsv, parquet, or plain text: txt, md)."
+    )
     val: str | None = Field(None, description="Validation file; if absent, split from train.")
     test: str | None = Field(None, description="Test file; if absent, split from train.")
     format: DataFormat = Field("auto", description="Row format; `auto` detects it per file.")
@@ -175,6 +178,11 @@ class DataConfig(Section):
     )
     columns: list[str] | None = Field(
         None, description="Column names of csv/tsv files that have no header line."
+    )
+    text_unit: TextUnit = Field(
+        "paragraph",
+        description="One row of a plain-text file (.txt, .md): `paragraph`, lines up to a "
+        "blank line; `line`, each line. Rows become `text` rows (task pretrain).",
     )
     label_column: str = Field("label", description="The field holding a row's label.")
     text_column: str | None = Field(

@@ -1,4 +1,5 @@
-"""Read rows from jsonl, json, csv, tsv and parquet files, each row tagged with its line.
+"""Read rows from jsonl, json, csv, tsv, parquet and plain-text files, each row tagged with
+its line.
 
 Every problem becomes a DataError naming the file and line, so a user can open the file at
 the right place; nothing is skipped silently.
@@ -17,7 +18,7 @@ from typing import Any
 from migaki.errors import DataError
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
-SUFFIXES |= {".tsv": "tsv", ".parquet": "parquet"}
+SUFFIXES |= {".tsv": "tsv", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 BOM = b"\xef\xbb\xbf"
 
 
@@ -39,9 +40,11 @@ class Scan:
     notes: list[str]  # oddities that were accepted, e.g. a byte-order mark
 
 
-def read_records(path: str | Path, columns: list[str] | None = None) -> list[Record]:
+def read_records(
+    path: str | Path, columns: list[str] | None = None, text_unit: str = "paragraph"
+) -> list[Record]:
     """All rows of a data file. Raises DataError (file:line) for the first unreadable row."""
-    scan = scan_records(path, columns)
+    scan = scan_records(path, columns, text_unit)
     if scan.problems:
         raise scan.problems[0]
     return scan.records
@@ -71,10 +74,13 @@ def with_text_column(scan: Scan, text_column: str | None) -> Scan:
     return Scan(records, problems, scan.notes)
 
 
-def scan_records(path: str | Path, columns: list[str] | None = None) -> Scan:
+def scan_records(
+    path: str | Path, columns: list[str] | None = None, text_unit: str = "paragraph"
+) -> Scan:
     """Read what can be read and collect a DataError per unreadable row. `columns` names the
-    columns of a csv/tsv file that has no header line. A missing file or an unknown file type
-    still raises at once: there is nothing to scan."""
+    columns of a csv/tsv file that has no header line; `text_unit` says whether a row of a
+    plain-text file is a paragraph (lines up to a blank line) or a line. A missing file or an
+    unknown file type still raises at once: there is nothing to scan."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, None, "data file not found", "file_not_found")
@@ -96,6 +102,8 @@ def scan_records(path: str | Path, columns: list[str] | None = None) -> Scan:
             scan = _scan_jsonl(path, raw)
         elif kind == "json":
             scan = _scan_json(path, raw)
+        elif kind == "text":
+            scan = _scan_text(path, raw, text_unit)
         else:
             scan = _scan_delimited(path, raw, "\t" if kind == "tsv" else ",", columns)
         scan.notes[:0] = notes
@@ -179,6 +187,40 @@ def _scan_json(path: Path, raw: bytes) -> Scan:
                 DataError(path, None, f"item {index}: expected an object", "not_object")
             )
     return Scan(records, problems, [])
+
+
+def _scan_text(path: Path, raw: bytes, unit: str) -> Scan:
+    """Rows `{"text": ...}` of a plain-text file, each tagged with its first line. A line
+    that is not UTF-8 is a problem of its own; with paragraphs it also ends the one it is in,
+    so no row silently loses a line from its middle."""
+    records, problems, block, start = [], [], [], 0
+
+    def close_block() -> None:
+        if block:
+            records.append(Record(str(path), start, {"text": "\n".join(block)}))
+            block.clear()
+
+    for number, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = _decode_line(path, number, raw_line).rstrip("\r")
+        except DataError as problem:
+            problems.append(problem)
+            close_block()
+            continue
+        if unit == "line" or not line.strip():
+            close_block()
+        if line.strip():
+            start = start if block else number
+            block.append(line)
+    close_block()
+    notes = []
+    if unit == "paragraph" and len(records) == 1 and "\n" in records[0].fields["text"]:
+        lines = records[0].fields["text"].count("\n") + 1
+        notes.append(
+            f"no blank line in {lines} lines, so the whole file is one row "
+            "(data.text_unit: line makes each line a row)"
+        )
+    return Scan(records, problems, notes)
 
 
 def _decode_problem(path: Path, line: int, byte: int) -> DataError:

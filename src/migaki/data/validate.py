@@ -44,9 +44,11 @@ def validate_file(
     labels: list[str] | None = None,
     columns: list[str] | None = None,
     text_column: str | None = None,
+    text_unit: str = "paragraph",
 ) -> Validation:
-    """Every problem in the file, and warnings. `text_column` names the field read as `text`."""
-    scan = with_text_column(scan_records(path, columns), text_column)
+    """Every problem in the file, and warnings. `text_column` names the field read as `text`;
+    `text_unit` what a row of a plain-text file is (paragraph or line)."""
+    scan = with_text_column(scan_records(path, columns, text_unit), text_column)
     examples, problems, file_format = convert_records(scan.records, fmt, label_column)
     valid_lines = {example.line for example in examples}
     records = [record for record in scan.records if record.line in valid_lines]
@@ -69,6 +71,7 @@ def validate_for(path: str | Path, data: DataConfig) -> Validation:
         labels=data.labels,
         columns=data.columns,
         text_column=data.text_column,
+        text_unit=data.text_unit,
     )
 
 

@@ -74,6 +74,8 @@ def train(
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     for step in splits.steps:
         log.info("data %s", step.summary())
+    if not splits.val:
+        _warn_without_validation(recipe, len(splits.train))
     mix_replay(splits, recipe, tokenizer)  # after the split: train rows only
     reference = forgetting.load_reference(recipe, tokenizer, splits)
     if checkpoint is not None:
@@ -322,6 +324,17 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
             "it or choose another --out"
         )
     return None
+
+
+def _warn_without_validation(recipe: Recipe, train_rows: int) -> None:
+    data, cfg = recipe.data, recipe.train
+    if data.val is not None:
+        why = f"data.val {data.val} has no rows left"
+    else:
+        why = f"data.split.val {data.split.val:g} of {train_rows} rows rounds to 0"
+    lost = "validation loss" + (", early stopping" if cfg.early_stopping else "")
+    lost += ", a best checkpoint (final/ holds the last step)" if cfg.final == "best" else ""
+    log.warning("no validation rows (%s): this run has no %s; give data.val", why, lost)
 
 
 def _check_resume(checkpoint: Path, recipe: Recipe, hashes: dict[str, str], force: bool) -> None:
