@@ -12,10 +12,13 @@ from test_dpo import pairs
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from migaki.cli import main
+from migaki.config import load_recipe
 from migaki.data.formats import Example
 from migaki.data.tokenize import tokenize_all
+from migaki.evaluate.generation import load_for_inference
 from migaki.train.objectives import DistillLoss
 from migaki.train.preference import distill_loss
+from migaki.train.tasks import load_teacher
 from migaki.train.tracking import read_metrics
 
 
@@ -119,6 +122,43 @@ def test_distill_trains_a_student_from_a_teacher(tmp_path, tiny_model, capsys):
     assert val[-1]["loss"] < val[0]["loss"]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["trainable_params"] < manifest["total_params"]  # the teacher is not counted
+
+
+@pytest.mark.parametrize("where", ["run", "run/final"])
+def test_a_run_teaches_with_its_adapter_merged_in(where, tmp_path, tiny_model, tokenizer, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(24))
+    tuned = tmp_path / "run"
+    lora = write_recipe(tmp_path / "lora.yaml", tiny_model, data, train={"max_steps": 4})
+    assert main(["train", str(lora), "--out", str(tuned)]) == 0, capsys.readouterr().err
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        data,
+        task="distill",
+        distill={"teacher": str(tmp_path / where)},
+    )
+    teacher = load_teacher(load_recipe(recipe), tokenizer)
+    assert not hasattr(teacher, "peft_config")
+    ids = torch.tensor([tokenizer("How much is product 4?")["input_ids"]])
+    with torch.no_grad():
+        expected = load_for_inference(tuned).model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny_model)(input_ids=ids).logits
+        got = teacher(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got, base, atol=1e-3)
+    assert main(["train", str(recipe), "--out", str(tmp_path / "student")]) == 0
+
+
+def test_a_prefix_tuned_run_is_refused_as_a_teacher(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(8))
+    tuned = tmp_path / "run"
+    prefix = write_recipe(tmp_path / "p.yaml", tiny_model, data, method={"name": "prefix"})
+    assert main(["train", str(prefix), "--out", str(tuned), "train.max_steps=1"]) == 0
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_model, data, task="distill", distill={"teacher": str(tuned)}
+    )
+    assert main(["train", str(recipe)]) == 2
+    assert f"distill.teacher: {tuned} was trained with prefix tuning" in capsys.readouterr().err
 
 
 def test_distill_refuses_a_missing_teacher(tmp_path, tiny_model, capsys):

@@ -306,7 +306,7 @@ class PreferenceConfig(Section):
 
 class DistillConfig(Section):
     teacher: str | None = Field(
-        None, description="The teacher: any model migaki loads (alias, folder, run's final/)."
+        None, description="The teacher: any model migaki loads (alias, folder, run or its final/)."
     )
     temperature: float = Field(2.0, gt=0.0, description="Softens both distributions.")
     alpha: float = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -27,7 +28,9 @@ from migaki.data.pairs import (
     tokenize_pairs,
 )
 from migaki.errors import UserError
+from migaki.evaluate.generation import load_for_inference
 from migaki.methods import PROMPT_LEARNING
+from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluation_groups, process_share
 from migaki.train.objectives import (
     CausalLMLoss,
@@ -92,19 +95,47 @@ def precompute_reference(accelerator, objective, rows, recipe: Recipe, pad_token
 
 
 def load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
-    """The distillation teacher; it must read text with the student's tokenizer."""
-    source = models.resolve(recipe.distill.teacher)
-    teacher_tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    """The distillation teacher: a model folder or alias, or a migaki run (its directory or its
+    final/), whose adapter is merged in where PEFT can. It must read text with the student's
+    tokenizer."""
+    name = recipe.distill.teacher
+    run = _run_of(Path(name))
+    if run is None:
+        source = models.resolve(name)
+        teacher_tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    else:
+        method = load_run_recipe(run).method.name
+        if method in PROMPT_LEARNING:
+            raise UserError(
+                f"distill.teacher: {name} was trained with {method} tuning, whose virtual tokens "
+                "the teacher's hidden states would leave out; use a run of another method"
+            )
+        loaded = load_for_inference(run)
+        teacher_tokenizer = loaded.tokenizer
     if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise UserError(
-            f"distill.teacher: {recipe.distill.teacher} uses another tokenizer than "
+            f"distill.teacher: {name} uses another tokenizer than "
             f"{recipe.model.base}; token distributions can only be matched over one vocabulary"
         )
-    teacher = models.load_causal_lm(
-        source, recipe.model.attn_implementation, recipe.model.trust_remote_code
-    )
-    log.info("teacher %s: %s parameters", recipe.distill.teacher, f"{teacher.num_parameters():,}")
+    if run is None:
+        teacher = models.load_causal_lm(
+            source, recipe.model.attn_implementation, recipe.model.trust_remote_code
+        )
+    else:
+        teacher = loaded.model
+        if hasattr(teacher, "merge_and_unload"):  # LoRA, DoRA, IA3: one plain model, faster
+            teacher = teacher.merge_and_unload()
+    log.info("teacher %s: %s parameters", name, f"{teacher.num_parameters():,}")
     return teacher
+
+
+def _run_of(path: Path) -> Path | None:
+    """The run directory `path` names (itself, or the run whose final/ it is), or None."""
+    if (path / "recipe.yaml").is_file():
+        return path
+    if path.name == "final" and (path.parent / "recipe.yaml").is_file():
+        return path.parent
+    return None
 
 
 def batch_maker(recipe: Recipe, pad_token_id: int, device: torch.device):
