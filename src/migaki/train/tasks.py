@@ -28,7 +28,6 @@ from migaki.data.pairs import (
     tokenize_pairs,
 )
 from migaki.errors import UserError
-from migaki.evaluate.generation import load_for_inference
 from migaki.methods import PROMPT_LEARNING
 from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluation_groups, process_share
@@ -98,6 +97,8 @@ def load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
     """The distillation teacher: a model folder or alias, or a migaki run (its directory or its
     final/), whose adapter is merged in where PEFT can. It must read text with the student's
     tokenizer."""
+    from migaki.evaluate.generation import load_for_inference  # evaluate imports train
+
     name = recipe.distill.teacher
     run = _run_of(Path(name))
     if run is None:
