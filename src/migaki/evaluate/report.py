@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from migaki.config import ChoicePrompt, Recipe
-from migaki.data import Example, read_records, to_examples, tokenize_all
+from migaki.data import Example, read_records, tokenize_all
 from migaki.data.batches import collate
+from migaki.data.formats import convert_records
 from migaki.errors import UserError
 from migaki.evaluate.choices import is_choice_example, score_choices
 from migaki.evaluate.generation import (
@@ -25,6 +26,7 @@ from migaki.evaluate.generation import (
     load_for_inference,
     refuse_reward_model,
 )
+from migaki.evaluate.preference import evaluate_pairs, is_preference_data
 from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluate_rows, summarize
 from migaki.train.objectives import causal_lm_loss
@@ -68,24 +70,42 @@ def evaluate(
     if recipe is not None:
         refuse_reward_model(target_path, recipe)
     examples = _examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
-    systems: dict[str, dict[str, Any]] = {}
-    answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
-    variants = [("tuned", True), ("base", False)] if is_run and compare_base else [("tuned", True)]
-    for label, tuned in variants:
-        loaded = load_for_inference(target, tuned=tuned)
-        systems[label], answers[label] = _score_system(loaded, examples, generate, max_new_tokens)
-        log.info("%s: %s", label, {k: round(v, 4) for k, v in systems[label].items()})
+    if is_preference_data(examples):
+        systems, samples = evaluate_pairs(target_path, recipe, examples, compare_base)
+        rows = systems["tuned"]["pairs"]
+    else:
+        systems, samples = _evaluate_answers(
+            target, examples, is_run and compare_base, generate, max_new_tokens
+        )
+        rows = len(examples)
     result = {
         "target": str(target),
         "data": str(data) if data else "test split",
-        "rows": len(examples),
+        "rows": rows,
         "systems": systems,
-        "samples": _samples(examples, answers),
+        "samples": samples,
     }
     if is_run and write:
         (target_path / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
         (target_path / "report.html").write_text(render_html(result), encoding="utf-8")
     return result
+
+
+def _evaluate_answers(
+    target: str | Path,
+    examples: list[Example],
+    compare_base: bool,
+    generate: bool,
+    max_new_tokens: int | None,
+) -> tuple[dict[str, dict[str, Any]], list[dict]]:
+    systems: dict[str, dict[str, Any]] = {}
+    answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
+    variants = [("tuned", True), ("base", False)] if compare_base else [("tuned", True)]
+    for label, tuned in variants:
+        loaded = load_for_inference(target, tuned=tuned)
+        systems[label], answers[label] = _score_system(loaded, examples, generate, max_new_tokens)
+        log.info("%s: %s", label, {k: round(v, 4) for k, v in systems[label].items()})
+    return systems, _samples(examples, answers)
 
 
 def _score_system(
@@ -196,7 +216,16 @@ def _examples(
             choice_prompt = None
     label_column = label_column or (recipe.data.label_column if recipe else "label")
     rendering = choice_prompt or (recipe.data.choice_prompt if recipe else "listed")
-    rows = to_examples(read_records(data), "auto", label_column, rendering)
+    rows, problems, _ = convert_records(read_records(data), "auto", label_column, rendering)
+    if problems and not (recipe is not None and recipe.data.skip_invalid):
+        raise problems[0]
+    if problems:  # the run's recipe leaves invalid rows out (data.skip_invalid), counted
+        log.warning(
+            "%d invalid rows of %s left out (data.skip_invalid), the first: %s",
+            len(problems),
+            data,
+            problems[0],
+        )
     examples = [e for e in rows if e.messages is not None]
     if not examples:
         raise UserError(f"{data}: no conversation rows to evaluate")
@@ -227,7 +256,7 @@ def render_html(result: dict[str, Any]) -> str:
     )
     sample_cols = [
         c
-        for c in ("prompt", "reference", "base", "tuned")
+        for c in ("prompt", "reference", "rejected", "base", "tuned")
         if any(c in s for s in result["samples"])
     ]
     sample_rows = "".join(
