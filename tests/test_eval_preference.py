@@ -66,6 +66,29 @@ def test_eval_on_the_validation_file_repeats_the_last_validation_row(
     assert "rejected" in (run / "report.html").read_text()
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_reward_model_scores_pairs_as_its_validation_does(method, tmp_path, tiny_model, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", mixed_pairs(24))
+    val = write_jsonl(tmp_path / "val.jsonl", mixed_pairs(30)[24:])
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model,
+        train,
+        task="reward",
+        data={"val": str(val), "split": {"val": 0.0, "test": 0.0}},
+        method={"name": method},
+        train={"max_steps": 4, "batch_size": 4, "lr": 5e-3, "eval_every": 4, "final": "last"},
+    )
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    last = [m for m in read_metrics(run) if m.get("split") == "val"][-1]
+    tuned = evaluate(run, data=val)["systems"]["tuned"]
+    assert tuned["pairs"] == last["pairs"] == 6
+    assert tuned["pref_accuracy"] == last["pref_accuracy"]
+    for key in ("loss", "reward_chosen", "reward_rejected", "reward_margin"):
+        assert tuned[key] == pytest.approx(last[key], abs=1e-5), key
+
+
 def test_a_run_without_a_reference_is_scored_by_likelihood(tmp_path, tiny_model, capsys):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(16))
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model, data, train={"max_steps": 2})

@@ -63,8 +63,10 @@ def test_reward_model_ranks_chosen_above_rejected(tmp_path, tiny_model, capsys):
     assert val[-1]["pref_accuracy"] >= 0.9 and val[-1]["reward_margin"] > 0
     model = AutoModelForSequenceClassification.from_pretrained(run / "final")
     assert model.config.num_labels == 1
-    assert main(["eval", str(run), "--limit", "2"]) == 2
-    assert "scores conversations" in capsys.readouterr().err
+    capsys.readouterr()
+    chats = write_jsonl(tmp_path / "qa.jsonl", qa_rows(4))
+    assert main(["eval", str(run), "--data", str(chats)]) == 2
+    assert "scores conversations and does not generate text" in capsys.readouterr().err
 
 
 def test_reward_model_with_lora_saves_the_score_head(tmp_path, tiny_model, capsys):

@@ -36,7 +36,7 @@ def evaluate_classifier(
     labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
     examples = _examples(run, recipe, data, label_column)[:limit]
     tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
-    model = _load(run, recipe, labels, tokenizer.pad_token_id)
+    model = load_classifier(run, recipe, labels, tokenizer.pad_token_id)
     rows, report = tokenize_classification(examples, tokenizer, labels, recipe.data.max_length)
     kept = [e for e in examples if e.label in labels]
     probabilities = _predict(model, rows, tokenizer.pad_token_id)
@@ -87,7 +87,8 @@ def _examples(
     return examples
 
 
-def _load(run: Path, recipe: Recipe, labels: list[str], pad_token_id: int):
+def load_classifier(run: Path, recipe: Recipe, labels: list[str], pad_token_id: int):
+    """A classification or reward run's model (its final/ on its base), in eval mode."""
     final = run / "final"
     if recipe.method.name == "lora":
         from peft import PeftModel

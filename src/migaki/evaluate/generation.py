@@ -28,8 +28,8 @@ class LoadedModel:
 def refuse_reward_model(path: Path, recipe) -> None:
     if recipe is not None and recipe.task == "reward":
         raise UserError(
-            f"{path}: a reward model scores conversations and does not generate text; its "
-            "validation pref_accuracy is in metrics.jsonl"
+            f"{path}: a reward model scores conversations and does not generate text; "
+            f"`migaki eval {path} --data PAIRS` scores preference pairs with it"
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from migaki import models
 from migaki.config import DataConfig, Recipe
 from migaki.data import Example
 from migaki.data.pairs import PairRow, collate_pairs, tokenize_pairs
@@ -28,6 +29,7 @@ from migaki.evaluate.generation import LoadedModel, _autocast, load_for_inferenc
 from migaki.train.loop import evaluation_groups
 from migaki.train.objectives import TIE_NATS, pair_logps
 from migaki.train.precision import choose_precision
+from migaki.train.preference import reward_loss
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +72,11 @@ def evaluate_pairs(
     systems: dict[str, dict[str, Any]] = {}
     if with_reference or (is_run and compare_base):
         base = _reference_model(target, recipe)
-        pairs = _pair_rows(examples, base, recipe)
+        pairs = _pair_rows(examples, base.tokenizer, recipe)
         scores["base"] = score_pairs(base, pairs[1], _batch_size(recipe))
         del base  # one model in memory at a time
     tuned = _with_run_precision(load_for_inference(target), recipe)
-    examples, rows = pairs or _pair_rows(examples, tuned, recipe)
+    examples, rows = pairs or _pair_rows(examples, tuned.tokenizer, recipe)
     scores["tuned"] = score_pairs(tuned, rows, _batch_size(recipe))
     systems["tuned"] = scores["tuned"].likelihood_metrics()
     if with_reference:
@@ -87,6 +89,44 @@ def evaluate_pairs(
         log.info("%s: %s", name, {k: round(v, 4) for k, v in metrics.items()})
     margins = {name: _margins(scores, name, with_reference, recipe) for name in systems}
     return systems, _samples(examples, margins)
+
+
+@torch.no_grad()
+def evaluate_reward_pairs(
+    target: Path, recipe: Recipe, examples: list[Example]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """A reward model's scores of each pair's two conversations: the pairwise loss, mean scores,
+    their margin and `pref_accuracy`, as its validation computes them."""
+    from migaki.evaluate.classification import load_classifier
+
+    source = models.resolve(recipe.model.base)
+    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    model = load_classifier(target, recipe, ["reward"], tokenizer.pad_token_id)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    precision = choose_precision(recipe.train.precision, device)
+    examples, rows = _pair_rows(examples, tokenizer, recipe)
+    position = {id(row): index for index, row in enumerate(rows)}
+    scores = torch.zeros(2, len(rows))
+    for group in evaluation_groups(rows, _batch_size(recipe)):
+        batch = {k: v.to(device) for k, v in collate_pairs(group, tokenizer.pad_token_id).items()}
+        with _autocast(precision, device):
+            values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        values = values.logits.squeeze(-1).float().cpu()
+        where = torch.tensor([position[id(row)] for row in group])
+        scores[0, where], scores[1, where] = values[: len(group)], values[len(group) :]
+    stats = reward_loss(scores[0], scores[1])
+    pairs = len(rows)
+    tuned = {
+        "loss": stats.loss_sum.item() / pairs,
+        "reward_chosen": stats.reward_chosen_sum / pairs,
+        "reward_rejected": stats.reward_rejected_sum / pairs,
+        "reward_margin": (stats.reward_chosen_sum - stats.reward_rejected_sum) / pairs,
+        "pref_accuracy": stats.correct / pairs,
+        "pairs": pairs,
+    }
+    log.info("tuned: %s", {k: round(v, 4) for k, v in tuned.items()})
+    return {"tuned": tuned}, _samples(examples, {"tuned": scores[0] - scores[1]}, tie=0.0)
 
 
 def implicit_reward_metrics(
@@ -148,7 +188,7 @@ def _with_run_precision(loaded: LoadedModel, recipe: Recipe | None) -> LoadedMod
 
 
 def _pair_rows(
-    examples: list[Example], loaded: LoadedModel, recipe: Recipe | None
+    examples: list[Example], tokenizer, recipe: Recipe | None
 ) -> tuple[list[Example], list[PairRow]]:
     """The pairs cut to the recipe's max_length as training cuts them, with their examples; a
     pair whose answer is cut away entirely cannot be ranked and is left out (counted)."""
@@ -158,7 +198,7 @@ def _pair_rows(
     for example in examples:
         tokenized, _ = tokenize_pairs(
             [example],
-            loaded.tokenizer,
+            tokenizer,
             max_length=data.max_length,
             system_prompt=data.system_prompt,
         )
@@ -193,7 +233,9 @@ def _margins(
     return own.chosen - own.rejected
 
 
-def _samples(examples: list[Example], margins: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+def _samples(
+    examples: list[Example], margins: dict[str, torch.Tensor], tie: float = TIE_NATS
+) -> list[dict[str, Any]]:
     samples = []
     for index, example in enumerate(examples):
         row = {
@@ -203,7 +245,7 @@ def _samples(examples: list[Example], margins: dict[str, torch.Tensor]) -> list[
         }
         for name, margin in margins.items():
             value = float(margin[index])
-            row[name] = f"{'chosen' if value > TIE_NATS else 'rejected'} ({value:+.3f})"
+            row[name] = f"{'chosen' if value > tie else 'rejected'} ({value:+.3f})"
         samples.append(row)
     return samples
 

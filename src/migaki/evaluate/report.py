@@ -26,7 +26,11 @@ from migaki.evaluate.generation import (
     load_for_inference,
     refuse_reward_model,
 )
-from migaki.evaluate.preference import evaluate_pairs, is_preference_data
+from migaki.evaluate.preference import (
+    evaluate_pairs,
+    evaluate_reward_pairs,
+    is_preference_data,
+)
 from migaki.rundir import load_run_recipe
 from migaki.train.loop import evaluate_rows, summarize
 from migaki.train.objectives import causal_lm_loss
@@ -67,10 +71,13 @@ def evaluate(
         if choice_prompt:
             log.warning("--choice-prompt has no effect on a classification run")
         return evaluate_classifier(target_path, recipe, data, limit, label_column)
-    if recipe is not None:
-        refuse_reward_model(target_path, recipe)
     examples = _examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
-    if is_preference_data(examples):
+    if recipe is not None and recipe.task == "reward":
+        if not is_preference_data(examples):
+            refuse_reward_model(target_path, recipe)
+        systems, samples = evaluate_reward_pairs(target_path, recipe, examples)
+        rows = systems["tuned"]["pairs"]
+    elif is_preference_data(examples):
         systems, samples = evaluate_pairs(target_path, recipe, examples, compare_base)
         rows = systems["tuned"]["pairs"]
     else:
