@@ -23,36 +23,35 @@ def mixed_pairs(count):
     return rows
 
 
-@pytest.mark.parametrize(
-    ("method", "precision"), [("lora", "fp32"), ("full", "fp32"), ("lora", "bf16")]
-)
-def test_eval_on_the_validation_file_repeats_the_last_validation_row(
-    method, precision, tmp_path, tiny_model, capsys
-):
+def trained_on_pairs(tmp_path, tiny_model, task, method, precision="fp32"):
+    """A short run of `task` with a validation file; the run, that file and its last
+    validation row."""
     train = write_jsonl(tmp_path / "train.jsonl", mixed_pairs(24))
     val = write_jsonl(tmp_path / "val.jsonl", mixed_pairs(30)[24:])
     recipe = write_recipe(
         tmp_path / "r.yaml",
         tiny_model,
         train,
-        task="dpo",
+        task=task,
         data={"val": str(val), "split": {"val": 0.0, "test": 0.0}},
         method={"name": method},
-        train={
-            "max_steps": 4,
-            "batch_size": 4,
-            "lr": 5e-3,
-            "eval_every": 4,
-            "final": "last",
-            "precision": precision,
-        },
+        train={"max_steps": 4, "batch_size": 4, "lr": 5e-3, "eval_every": 4, "final": "last"},
         preference={"beta": 0.5},
     )
     run = tmp_path / "run"
-    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
+    assert main(["train", str(recipe), "--out", str(run), f"train.precision={precision}"]) == 0
     last = [m for m in read_metrics(run) if m.get("split") == "val"][-1]
     assert last["step"] == 4 and last["reward_margin"] != 0.0
+    return run, val, last
 
+
+@pytest.mark.parametrize(
+    ("method", "precision"), [("lora", "fp32"), ("full", "fp32"), ("lora", "bf16")]
+)
+def test_eval_on_the_validation_file_repeats_the_last_validation_row(
+    method, precision, tmp_path, tiny_model
+):
+    run, val, last = trained_on_pairs(tmp_path, tiny_model, "dpo", method, precision)
     result = evaluate(run, data=val)
     tuned, base = result["systems"]["tuned"], result["systems"]["base"]
     assert tuned["pairs"] == base["pairs"] == last["pairs"] == 6
@@ -67,21 +66,8 @@ def test_eval_on_the_validation_file_repeats_the_last_validation_row(
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
-def test_a_reward_model_scores_pairs_as_its_validation_does(method, tmp_path, tiny_model, capsys):
-    train = write_jsonl(tmp_path / "train.jsonl", mixed_pairs(24))
-    val = write_jsonl(tmp_path / "val.jsonl", mixed_pairs(30)[24:])
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        tiny_model,
-        train,
-        task="reward",
-        data={"val": str(val), "split": {"val": 0.0, "test": 0.0}},
-        method={"name": method},
-        train={"max_steps": 4, "batch_size": 4, "lr": 5e-3, "eval_every": 4, "final": "last"},
-    )
-    run = tmp_path / "run"
-    assert main(["train", str(recipe), "--out", str(run)]) == 0, capsys.readouterr().err
-    last = [m for m in read_metrics(run) if m.get("split") == "val"][-1]
+def test_a_reward_model_scores_pairs_as_its_validation_does(method, tmp_path, tiny_model):
+    run, val, last = trained_on_pairs(tmp_path, tiny_model, "reward", method)
     tuned = evaluate(run, data=val)["systems"]["tuned"]
     assert tuned["pairs"] == last["pairs"] == 6
     assert tuned["pref_accuracy"] == last["pref_accuracy"]
