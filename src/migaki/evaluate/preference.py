@@ -106,15 +106,13 @@ def evaluate_reward_pairs(
     model.to(device)
     precision = choose_precision(recipe.train.precision, device)
     examples, rows = _pair_rows(examples, tokenizer, recipe)
-    position = {id(row): index for index, row in enumerate(rows)}
-    scores = torch.zeros(2, len(rows))
-    for group in evaluation_groups(rows, _batch_size(recipe)):
-        batch = {k: v.to(device) for k, v in collate_pairs(group, tokenizer.pad_token_id).items()}
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with _autocast(precision, device):
-            values = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        values = values.logits.squeeze(-1).float().cpu()
-        where = torch.tensor([position[id(row)] for row in group])
-        scores[0, where], scores[1, where] = values[: len(group)], values[len(group) :]
+            output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return output.logits.squeeze(-1).float()[None]
+
+    (scores,) = _per_pair(rows, _batch_size(recipe), tokenizer.pad_token_id, device, score)
     stats = reward_loss(scores[0], scores[1])
     pairs = len(rows)
     tuned = {
@@ -146,25 +144,32 @@ def implicit_reward_metrics(
 
 @torch.no_grad()
 def score_pairs(loaded: LoadedModel, rows: list[PairRow], batch_size: int) -> PairLogps:
-    """Log-probabilities of every pair's answers, in batches of similar length (as validation
-    batches them: in bf16 a sum depends on its batch)."""
+    """Log-probabilities of every pair's answers."""
     model = loaded.model.eval()
     device = next(model.parameters()).device
-    pad = loaded.tokenizer.pad_token_id
-    position = {id(row): index for index, row in enumerate(rows)}
-    logps = torch.zeros(2, len(rows), dtype=torch.float64)
-    tokens = torch.zeros(2, len(rows), dtype=torch.long)
-    for group in evaluation_groups(rows, batch_size):
-        batch = {k: v.to(device) for k, v in collate_pairs(group, pad).items()}
+
+    def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with _autocast(loaded.precision, device):
             values, counts = pair_logps(model, batch)
+        return torch.stack([values.double(), counts.double()])
+
+    logps, tokens = _per_pair(rows, batch_size, loaded.tokenizer.pad_token_id, device, score)
+    return PairLogps(logps[0], logps[1], tokens[0].long(), tokens[1].long())
+
+
+def _per_pair(rows: list[PairRow], batch_size: int, pad: int, device, score) -> torch.Tensor:
+    """`score(batch)` of every pair, (k, 2, pairs) in the order of `rows`: `score` gives k
+    values per sequence, (k, 2 x batch pairs), the chosen sequences first. Batches hold pairs
+    of similar length, as validation batches them (in bf16 a sum depends on its batch)."""
+    position = {id(row): index for index, row in enumerate(rows)}
+    out = None
+    for group in evaluation_groups(rows, batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(group, pad).items()}
+        values = score(batch).cpu()
+        out = out if out is not None else torch.zeros(len(values), 2, len(rows), dtype=values.dtype)
         where = torch.tensor([position[id(row)] for row in group])
-        pairs = len(group)
-        for side in (0, 1):
-            part = slice(side * pairs, (side + 1) * pairs)
-            logps[side, where] = values[part].double().cpu()
-            tokens[side, where] = counts[part].cpu()
-    return PairLogps(logps[0], logps[1], tokens[0], tokens[1])
+        out[:, 0, where], out[:, 1, where] = values[:, : len(group)], values[:, len(group) :]
+    return out
 
 
 def _reference_model(target: Path, recipe: Recipe) -> LoadedModel:
