@@ -2,6 +2,7 @@
 against a reference the implicit rewards exactly as its validation computes them."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -73,6 +74,30 @@ def test_a_reward_model_scores_pairs_as_its_validation_does(method, tmp_path, ti
     assert tuned["pref_accuracy"] == last["pref_accuracy"]
     for key in ("loss", "reward_chosen", "reward_rejected", "reward_margin"):
         assert tuned[key] == pytest.approx(last[key], abs=1e-5), key
+
+
+def test_a_reward_run_without_final_is_refused_in_one_line(tmp_path, tiny_model, capsys):
+    run, val, _ = trained_on_pairs(tmp_path, tiny_model, "reward", "lora")
+    shutil.rmtree(run / "final")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(val)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {run}: the run has no final/ yet (did training finish?)"
+    )
+
+
+def test_the_base_of_a_run_continued_from_a_whole_model_is_that_model(tmp_path, tiny_model, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(16))
+    recipe = write_recipe(
+        tmp_path / "r.yaml", tiny_model, data, method={"name": "full"}, train={"max_steps": 2}
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["train", str(recipe), "--out", str(first)]) == 0, capsys.readouterr().err
+    assert main(["train", str(recipe), "--out", str(second), "--init-from", str(first)]) == 0
+    held_out = write_jsonl(tmp_path / "pairs.jsonl", mixed_pairs(6))
+    compared = evaluate(second, data=held_out, compare_base=True)["systems"]
+    started_from = evaluate(first, data=held_out)["systems"]["tuned"]
+    assert compared["base"] == started_from
 
 
 def test_a_run_without_a_reference_is_scored_by_likelihood(tmp_path, tiny_model, capsys):

@@ -39,6 +39,14 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     return build_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
 
 
+def final_dir(run_dir: str | Path) -> Path:
+    """A run's final/ folder; a run without one (training not finished) is the user's error."""
+    final = Path(run_dir) / "final"
+    if not final.is_dir():
+        raise UserError(f"{run_dir}: the run has no final/ yet (did training finish?)")
+    return final
+
+
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into manifest.json (written atomically) and return the whole manifest."""
     path = run_dir / "manifest.json"

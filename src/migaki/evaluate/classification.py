@@ -18,6 +18,7 @@ from migaki.data.classify import collate_classification, tokenize_classification
 from migaki.data.formats import Example, to_examples
 from migaki.data.load import scan_records, with_text_column
 from migaki.errors import UserError
+from migaki.rundir import final_dir
 from migaki.train.loop import f1_macro
 
 MISTAKES_SHOWN = 20
@@ -32,7 +33,7 @@ def evaluate_classifier(
 ) -> dict[str, Any]:
     """Scores a classification run on its test split, or on `data` read as the recipe reads
     training data (`label_column` overrides its `data.label_column`)."""
-    final = run / "final"
+    final = final_dir(run)
     labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
     examples = _examples(run, recipe, data, label_column)[:limit]
     tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
@@ -89,7 +90,7 @@ def _examples(
 
 def load_classifier(run: Path, recipe: Recipe, labels: list[str], pad_token_id: int):
     """A classification or reward run's model (its final/ on its base), in eval mode."""
-    final = run / "final"
+    final = final_dir(run)
     if recipe.method.name == "lora":
         from peft import PeftModel
 

@@ -13,7 +13,7 @@ from migaki.config import Recipe
 from migaki.data.tokenize import render_prompt
 from migaki.errors import UserError
 from migaki.methods import load_final
-from migaki.rundir import load_run_recipe
+from migaki.rundir import final_dir, load_run_recipe
 from migaki.train.precision import choose_precision
 
 
@@ -50,10 +50,7 @@ def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)
     model = models.load_causal_lm(source)
     if recipe is not None and tuned:
-        final = path / "final"
-        if not final.is_dir():
-            raise UserError(f"{path}: the run has no final/ yet (did training finish?)")
-        model = load_final(recipe.method.name, model, str(final))
+        model = load_final(recipe.method.name, model, str(final_dir(path)))
     model.eval()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -34,7 +34,6 @@ from migaki.train.preference import reward_loss
 log = logging.getLogger(__name__)
 
 REFERENCE_TASKS = ("dpo", "kto")  # trained against the untrained model's log-probabilities
-ADAPTERS = ("lora", "dora", "qlora", "ia3")  # their reference is the base, adapter off
 
 
 def is_preference_data(examples: list[Example]) -> bool:
@@ -71,7 +70,7 @@ def evaluate_pairs(
     scores: dict[str, PairLogps] = {}
     systems: dict[str, dict[str, Any]] = {}
     if with_reference or (is_run and compare_base):
-        base = _reference_model(target, recipe)
+        base = _base_model(target, recipe)
         pairs = _pair_rows(examples, base.tokenizer, recipe)
         scores["base"] = score_pairs(base, pairs[1], _batch_size(recipe))
         del base  # one model in memory at a time
@@ -172,16 +171,10 @@ def _per_pair(rows: list[PairRow], batch_size: int, pad: int, device, score) -> 
     return out
 
 
-def _reference_model(target: Path, recipe: Recipe) -> LoadedModel:
-    """The model the run's training compared against: its base, or for a run that went on
-    from an earlier one without an adapter (`--init-from`), that run's weights."""
-    init = recipe.train.init_from
-    if init and recipe.method.name not in ADAPTERS:
-        if not Path(init).is_dir():
-            raise UserError(
-                f"{target}: its reference is the run it started from, {init}, which is not here"
-            )
-        return _with_run_precision(load_for_inference(init), recipe)
+def _base_model(target: Path, recipe: Recipe) -> LoadedModel:
+    """The run's model.base: what a dpo/kto run was trained against (with an adapter switched
+    off, or computed up front). A run continued from a whole model (`--init-from`) has that
+    model as its model.base, so it is the reference there too."""
     return _with_run_precision(load_for_inference(target, tuned=False), recipe)
 
 

@@ -75,6 +75,8 @@ def evaluate(
     if recipe is not None and recipe.task == "reward":
         if not is_preference_data(examples):
             refuse_reward_model(target_path, recipe)
+        if compare_base:
+            log.warning("--compare-base has no effect on a reward run: its base has no reward head")
         systems, samples = evaluate_reward_pairs(target_path, recipe, examples)
         rows = systems["tuned"]["pairs"]
     elif is_preference_data(examples):

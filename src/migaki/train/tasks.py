@@ -97,37 +97,45 @@ def load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
     """The distillation teacher: a model folder or alias, or a migaki run (its directory or its
     final/), whose adapter is merged in where PEFT can. It must read text with the student's
     tokenizer."""
-    from migaki.evaluate.generation import load_for_inference  # evaluate imports train
-
     name = recipe.distill.teacher
     run = _run_of(Path(name))
     if run is None:
         source = models.resolve(name)
-        teacher_tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
-    else:
-        method = load_run_recipe(run).method.name
-        if method in PROMPT_LEARNING:
-            raise UserError(
-                f"distill.teacher: {name} was trained with {method} tuning, whose virtual tokens "
-                "the teacher's hidden states would leave out; use a run of another method"
-            )
-        loaded = load_for_inference(run)
-        teacher_tokenizer = loaded.tokenizer
-    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(
-            f"distill.teacher: {name} uses another tokenizer than "
-            f"{recipe.model.base}; token distributions can only be matched over one vocabulary"
+        _check_teacher_vocab(
+            models.load_tokenizer(source, recipe.model.trust_remote_code), tokenizer, recipe
         )
-    if run is None:
         teacher = models.load_causal_lm(
             source, recipe.model.attn_implementation, recipe.model.trust_remote_code
         )
     else:
-        teacher = loaded.model
-        if hasattr(teacher, "merge_and_unload"):  # LoRA, DoRA, IA3: one plain model, faster
-            teacher = teacher.merge_and_unload()
+        teacher = _run_teacher(run, name, tokenizer, recipe)
     log.info("teacher %s: %s parameters", name, f"{teacher.num_parameters():,}")
     return teacher
+
+
+def _run_teacher(run: Path, name: str, tokenizer, recipe: Recipe) -> torch.nn.Module:
+    from migaki.evaluate.generation import load_for_inference  # evaluate imports train
+
+    method = load_run_recipe(run).method.name
+    if method in PROMPT_LEARNING:
+        raise UserError(
+            f"distill.teacher: {name} was trained with {method} tuning, whose virtual tokens "
+            "the teacher's hidden states would leave out; use a run of another method"
+        )
+    loaded = load_for_inference(run)
+    _check_teacher_vocab(loaded.tokenizer, tokenizer, recipe)
+    teacher = loaded.model
+    if hasattr(teacher, "merge_and_unload"):  # LoRA, DoRA, IA3: one plain model, faster
+        teacher = teacher.merge_and_unload()
+    return teacher
+
+
+def _check_teacher_vocab(teacher_tokenizer, tokenizer, recipe: Recipe) -> None:
+    if teacher_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(
+            f"distill.teacher: {recipe.distill.teacher} uses another tokenizer than "
+            f"{recipe.model.base}; token distributions can only be matched over one vocabulary"
+        )
 
 
 def _run_of(path: Path) -> Path | None:
