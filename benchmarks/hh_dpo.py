@@ -122,10 +122,10 @@ def speed(data: Path, batches: int, batch_pairs: int, max_length: int) -> dict:
     from migaki import models
     from migaki.config import MethodConfig
     from migaki.data.pairs import collate_pairs
-    from migaki.evaluate.generation import _autocast
     from migaki.methods import apply_method
-    from migaki.train.objectives import labelled_logps, pair_logps
-    from migaki.train.precision import choose_precision
+    from migaki.objectives import labelled_logps, pair_logps
+    from migaki.precision import autocast as _autocast
+    from migaki.precision import choose_precision
 
     source = models.resolve("smollm2-135m-instruct")
     tokenizer = models.load_tokenizer(source, False)

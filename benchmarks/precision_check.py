@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from migaki.config import load_recipe
+from migaki.precision import _bf16_speedup
 from migaki.quickstart import recipe_path
 from migaki.train import train
-from migaki.train.precision import _bf16_speedup
 from migaki.train.tracking import read_metrics
 
 

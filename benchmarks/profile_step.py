@@ -17,7 +17,7 @@ from migaki.data.packing import collate_packed
 from migaki.data.tokenize import TokenizedExample
 from migaki.methods import apply_method
 from migaki.models import load_causal_lm, resolve
-from migaki.train.objectives import CausalLMLoss
+from migaki.objectives import CausalLMLoss
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear")
 

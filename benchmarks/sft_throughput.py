@@ -166,7 +166,7 @@ def held_out_loss(model, tokenizer, workdir: Path) -> float:
 
     from migaki.data import Example, tokenize_example
     from migaki.data.batches import collate
-    from migaki.train.objectives import causal_lm_loss
+    from migaki.objectives import causal_lm_loss
 
     lines = (workdir / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
     items = [
@@ -216,7 +216,7 @@ def run_migaki(rows_path: Path, steps: int, workdir: Path) -> dict[str, Any]:
         }
     )
     run_dir = train(recipe, out=workdir / "migaki-run")
-    from migaki.evaluate import load_for_inference
+    from migaki.models.inference import load_for_inference
 
     loaded = load_for_inference(run_dir)
     return migaki_result(run_dir) | {

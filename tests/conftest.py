@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,28 @@ def tokenizer(tiny_model):
     from migaki.models import ModelSource, load_tokenizer
 
     return load_tokenizer(ModelSource("tiny", tiny_model, "local"))
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`migaki ARGS` in this process: (exit code, stdout, stderr)."""
+    from migaki.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_cli_process(
+    *args, launcher=(sys.executable,), env=None, timeout=None
+) -> subprocess.CompletedProcess:
+    """`migaki ARGS` in a fresh process started by `launcher`: its exit code and text output."""
+    return subprocess.run(
+        [*launcher, "-m", "migaki", *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

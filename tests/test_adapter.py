@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from migaki.config import MethodConfig
 from migaki.errors import UserError
 from migaki.methods import adapter
+from migaki.objectives import causal_lm_loss
 from migaki.testing import build_tiny_model
-from migaki.train.objectives import causal_lm_loss
 
 SIZE = 8
 PER_LAYER = {"houlsby": 2, "pfeiffer": 1}

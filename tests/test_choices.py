@@ -26,7 +26,7 @@ from migaki.evaluate.choices import (
     score_choices,
     tokenize_choices,
 )
-from migaki.evaluate.generation import load_for_inference
+from migaki.models.inference import load_for_inference
 
 NUMBERED = {
     "q_id": 7,

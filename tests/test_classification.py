@@ -8,8 +8,8 @@ import torch
 from conftest import write_jsonl, write_recipe
 
 from migaki.cli import main
+from migaki.metrics import f1_macro
 from migaki.testing import build_tiny_encoder
-from migaki.train.loop import f1_macro
 from migaki.train.tracking import read_metrics
 
 

@@ -1,15 +1,9 @@
 import json
 
 import pytest
-from conftest import write_jsonl, write_recipe
+from conftest import run_cli, write_jsonl, write_recipe
 
 from migaki.cli import main
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_broken_data_line_exits_2_naming_file_and_line(tmp_path, tiny_model, capsys):

@@ -52,12 +52,6 @@ def test_a_check_across_sections_names_its_key_after_the_file():
     assert str(err.value).startswith("r.yaml: train.batch_size (6) must be a multiple")
 
 
-@pytest.mark.parametrize("task", ["sft", "pretrain", "dpo", "distill"])
-def test_head_is_refused_for_a_task_without_a_task_head(task):
-    with pytest.raises(UserError, match=f"method head .* which task {task} does not have"):
-        build_recipe({**MINIMUM, "task": task, "method": {"name": "head"}})
-
-
 def test_overrides_parse_yaml_scalars_and_nest():
     raw = {"train": {"lr": 1.0}}
     apply_overrides(

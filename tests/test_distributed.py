@@ -1,13 +1,12 @@
 """Two processes learn what one does: `train.batch_size` is the global batch."""
 
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import qa_rows, write_jsonl, write_recipe
+from conftest import qa_rows, run_cli_process, write_jsonl, write_recipe
 
 from migaki.config import load_recipe
 from migaki.train import train
@@ -40,11 +39,14 @@ LAUNCHERS = {
 
 def launch(launcher: str, recipe: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     """`migaki train` in 2 CPU processes through `launcher`."""
-    return subprocess.run(
-        [*LAUNCHERS[launcher], "-m", "migaki", "train", str(recipe), "--out", str(out), *extra],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    return run_cli_process(
+        "train",
+        recipe,
+        "--out",
+        out,
+        *extra,
+        launcher=LAUNCHERS[launcher],
+        env={"OMP_NUM_THREADS": "1"},
         timeout=300,
     )
 

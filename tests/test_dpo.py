@@ -83,8 +83,8 @@ def _pair_batch(tokenizer, count=3):
 def test_labelled_logps_equal_full_logits_in_value_and_gradient(tiny_model, tokenizer):
     import torch
 
-    from migaki.train.objectives import labelled_logps
-    from migaki.train.preference import sequence_logps
+    from migaki.losses import sequence_logps
+    from migaki.objectives import labelled_logps
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -148,13 +148,13 @@ def test_pair_logps_run_each_prompt_once_and_equal_whole_rows_in_value_and_gradi
 
     from migaki.config import MethodConfig
     from migaki.methods import apply_method
-    from migaki.train.objectives import labelled_logps, pair_logps
+    from migaki.objectives import labelled_logps, pair_logps
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(
         tiny_model, dtype=torch.float32, attn_implementation=attention
     )
-    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "dpo")
+    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0))
     for _, parameter in model.named_parameters():  # a trained adapter, not the zero one
         if parameter.requires_grad:
             parameter.data.normal_(0, 0.05)
@@ -185,11 +185,11 @@ def test_reference_log_probs_are_computed_once_per_sequence(tiny_model, tokenize
 
     from migaki.config import MethodConfig
     from migaki.methods import apply_method
-    from migaki.train.objectives import DPOLoss
+    from migaki.tasks.dpo import DPOLoss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "dpo")
+    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0))
     loss = DPOLoss(model, beta=0.1, loss_type="sigmoid")
     batch = _pair_batch(tokenizer)
     first = loss(**batch)
@@ -253,8 +253,8 @@ def test_validation_references_are_computed_in_the_batches_validation_uses(token
 
     from migaki.config import Recipe
     from migaki.data.pairs import collate_pairs, tokenize_pairs
-    from migaki.train.loop import evaluation_groups
-    from migaki.train.tasks import precompute_reference
+    from migaki.metrics import evaluation_groups
+    from migaki.tasks.dpo import precompute_reference
 
     rows = pairs(20)
     for i, row in enumerate(rows):
@@ -346,7 +346,7 @@ def test_an_sft_term_adds_the_chosen_answers_nll_and_is_refused_outside_dpo(
 
 
 def test_pair_rows_only_where_the_attention_takes_a_4d_mask(tiny_model):
-    from migaki.train.objectives import _mask_kind, decoder
+    from migaki.objectives import _mask_kind, decoder
 
     kinds = {}
     for attention in ("sdpa", "eager"):

@@ -1,4 +1,5 @@
-"""No import cycle between migaki's modules at module level.
+"""The import graph of migaki's modules: no cycle, no import from a lower layer to a higher
+one, and function-level imports only where a comment says why (a handful).
 
 A cycle fails only when the import happens to enter it at one particular module (e.g.
 `migaki eval` importing `migaki.evaluate` first), and the test suite, which has imported
@@ -74,13 +75,91 @@ def cycle_from(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The layers from the bottom up (docs/architecture.md): a module imports only modules of its
+# own layer or of layers below. The first prefix that matches a module names its layer.
+LAYERS = [
+    ["migaki.errors", "migaki.config"],
+    ["migaki.precision", "migaki.rundir", "migaki.models"],
+    ["migaki.methods", "migaki.models.inference"],
+    ["migaki.data"],
+    ["migaki.objectives", "migaki.losses", "migaki.metrics"],
+    ["migaki.tasks"],
+    ["migaki.train", "migaki.evaluate"],
+    ["migaki.estimate", "migaki.doctor", "migaki.quickstart", "migaki.testing"],
+    ["migaki.commands", "migaki.cli", "migaki.__main__", "migaki"],
+]
+APART = ("migaki.train", "migaki.evaluate")  # one layer, and neither imports the other
+# Function-level imports of migaki modules that stay, by module: each says why in a comment.
+LATE_IMPORTS = {
+    "migaki.cli": {"migaki"},  # `from migaki import commands`: --help without torch
+    "migaki.cli_data": {"migaki"},  # `from migaki import models`: only to count tokens
+    "migaki.tasks.distill": {"migaki.tasks"},  # the registry imports every task module
+}
+
+
+def layer_of(module: str) -> int:
+    best = None
+    for number, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or module.startswith(prefix + ".")
+            if matches and (best is None or len(prefix) > best[1]):
+                best = (number, len(prefix))
+    assert best is not None, f"{module} belongs to no layer of LAYERS"
+    return best[0]
+
+
+def function_level_imports() -> dict[str, set[str]]:
+    """migaki modules imported inside functions, by the module that imports them."""
+    found: dict[str, set[str]] = {}
+    for path in (SOURCE / "migaki").rglob("*.py"):
+        tree = ast.parse(path.read_text("utf-8"))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                for name in names:
+                    if name == "migaki" or name.startswith("migaki."):
+                        found.setdefault(module_name(path), set()).add(name)
+    return found
+
+
 def test_the_graph_sees_the_modules_and_a_cycle():
     graph = import_graph()
-    assert {"migaki.cli", "migaki.train.tasks", "migaki.evaluate.generation"} <= set(graph)
-    assert "migaki.config" in graph["migaki.train.tasks"]
+    assert {"migaki.cli", "migaki.tasks.dpo", "migaki.evaluate.generation"} <= set(graph)
+    assert "migaki.config" in graph["migaki.tasks.dpo"]
     assert cycle_from({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
 def test_no_module_level_import_cycle():
     cycle = cycle_from(import_graph())
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_no_import_reaches_a_higher_layer():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    ]
+    assert not upward, upward
+
+
+def test_train_and_evaluate_do_not_import_each_other():
+    crossing = [
+        f"{module} -> {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        for a, b in (APART, APART[::-1])
+        if module.startswith(a) and (target == b or target.startswith(b + "."))
+    ]
+    assert not crossing, crossing
+
+
+def test_function_level_imports_are_the_few_that_say_why():
+    assert function_level_imports() == LATE_IMPORTS

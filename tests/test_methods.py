@@ -15,9 +15,10 @@ from migaki.config import MethodConfig
 from migaki.data.batches import collate
 from migaki.data.formats import Example
 from migaki.data.tokenize import tokenize_example
-from migaki.evaluate.generation import generate_answers, load_for_inference
+from migaki.evaluate.generation import generate_answers
 from migaki.methods import apply_method
-from migaki.train.objectives import causal_lm_loss
+from migaki.models.inference import load_for_inference
+from migaki.objectives import causal_lm_loss
 from migaki.train.tracking import read_metrics
 
 PEFT_METHODS = ["lora", "dora", "qlora", "ia3", "prefix", "prompt"]

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 from migaki.data import Example, tokenize_example
 from migaki.data.batches import collate
 from migaki.data.packing import collate_packed, pack_rows
-from migaki.train.objectives import causal_lm_loss
+from migaki.objectives import causal_lm_loss
 
 QUESTIONS = [
     ("How much is the kettle?", "The kettle costs 6,980 yen."),

@@ -6,9 +6,8 @@ import re
 from collections import Counter
 
 import pytest
-from conftest import qa_rows, write_jsonl, write_recipe
+from conftest import qa_rows, run_cli, write_jsonl, write_recipe
 
-from migaki.cli import main
 from migaki.config import (
     AugmentConfig,
     CleanConfig,
@@ -25,12 +24,6 @@ from migaki.data.normalize import normalize_text
 from migaki.data.prepare import load_splits, prepare_data
 from migaki.data.split import split_indices
 from migaki.data.validate import validate_file
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def records(texts, label=None):

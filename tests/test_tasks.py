@@ -15,10 +15,9 @@ from migaki.cli import main
 from migaki.config import load_recipe
 from migaki.data.formats import Example
 from migaki.data.tokenize import tokenize_all
-from migaki.evaluate.generation import load_for_inference
-from migaki.train.objectives import DistillLoss
-from migaki.train.preference import distill_loss
-from migaki.train.tasks import load_teacher
+from migaki.losses import distill_loss
+from migaki.models.inference import load_for_inference
+from migaki.tasks.distill import DistillLoss, load_teacher
 from migaki.train.tracking import read_metrics
 
 
@@ -263,13 +262,13 @@ def test_kto_module_matches_the_formula_on_rows_and_mismatched_rows(tiny_model, 
     from migaki.data.formats import to_examples
     from migaki.data.load import Record
     from migaki.data.pairs import collate_kto, tokenize_feedback
+    from migaki.losses import kto_loss, sequence_logps
     from migaki.methods import apply_method
-    from migaki.train.objectives import KTOLoss
-    from migaki.train.preference import kto_loss, sequence_logps
+    from migaki.tasks.kto import KTOLoss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0), "kto")
+    model = apply_method(base, MethodConfig(name="lora", lora_dropout=0.0))
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name:

@@ -6,13 +6,14 @@ import sys
 import time
 
 import torch
-from conftest import qa_rows, write_jsonl, write_recipe
+from conftest import qa_rows, run_cli_process, write_jsonl, write_recipe
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from migaki.cli import main
 from migaki.config import load_recipe
-from migaki.evaluate import generate_answers, load_for_inference
+from migaki.evaluate import generate_answers
+from migaki.models.inference import load_for_inference
 from migaki.train import train
 from migaki.train.tracking import read_metrics
 
@@ -128,12 +129,7 @@ def test_resume_after_sigkill_continues_the_same_curve(tmp_path, tiny_model):
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (killed / "checkpoints").glob("step-*"))
     assert checkpoints and max(checkpoints) >= 20
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "migaki", "train", str(recipe), "--out", str(killed), "--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    resumed = run_cli_process("train", recipe, "--out", killed, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {killed / 'checkpoints'}/step-{max(checkpoints)}" in resumed.stderr
     straight = train(load_recipe(recipe), out=tmp_path / "straight")
@@ -171,7 +167,7 @@ def test_resume_refuses_a_changed_recipe_unless_forced(tmp_path, recipe_file, ca
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, recipe_file, capsys, monkeypatch
 ):
-    import migaki.train.objectives as objectives
+    import migaki.objectives as objectives
 
     calls = {"n": 0}
     real_loss = objectives.causal_lm_loss

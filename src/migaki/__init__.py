@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "evaluate", "load_recipe", "train"]
 
+# The Python API, by the module that holds each name. Loaded on first use, so that
+# `import migaki` stays fast for the CLI's --help; torch loads with the first real call.
+_API = {"train": "migaki.train", "evaluate": "migaki.evaluate", "load_recipe": "migaki.config"}
+
 
 def __getattr__(name: str):
-    # Lazy: `import migaki` stays fast for the CLI's --help; torch loads on first real use.
-    if name == "train":
-        from migaki.train import train
-
-        return train
-    if name == "evaluate":
-        from migaki.evaluate import evaluate
-
-        return evaluate
-    if name == "load_recipe":
-        from migaki.config import load_recipe
-
-        return load_recipe
-    raise AttributeError(name)
+    if name not in _API:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(_API[name]), name)

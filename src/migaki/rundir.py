@@ -1,4 +1,7 @@
-"""The run directory contract: recipe.yaml, manifest.json, metrics.jsonl, checkpoints/, final/."""
+"""The run directory contract: recipe.yaml, manifest.json, metrics.jsonl, checkpoints/, final/.
+
+The one place that says whether a path is a run, where its final/ is, and reads its recipe
+and manifest: every command (train, eval, generate, continual learning, a teacher) asks here."""
 
 from __future__ import annotations
 
@@ -31,11 +34,33 @@ def save_recipe(recipe: Recipe, run_dir: Path) -> None:
     (run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
 
 
+def is_run(path: str | Path) -> bool:
+    """Whether `path` is a run directory (it has the recipe migaki wrote there)."""
+    return (Path(path) / "recipe.yaml").is_file()
+
+
+def run_of(path: str | Path) -> Path | None:
+    """The run directory `path` names: itself, or the run whose final/ it is; None for any
+    other path (a model folder, an alias)."""
+    path = Path(path).expanduser()
+    if is_run(path):
+        return path
+    if path.name == "final" and is_run(path.parent):
+        return path.parent
+    return None
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The run's manifest.json, or {} for a run that has none yet."""
+    path = Path(run_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def load_run_recipe(run_dir: str | Path) -> Recipe:
     """The resolved recipe a run was trained with."""
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
+    if not is_run(run_dir):
         raise UserError(f"{run_dir}: not a migaki run directory (no recipe.yaml)")
+    path = Path(run_dir) / "recipe.yaml"
     return build_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
 
 
@@ -50,7 +75,7 @@ def final_dir(run_dir: str | Path) -> Path:
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into manifest.json (written atomically) and return the whole manifest."""
     path = run_dir / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest = read_manifest(run_dir)
     manifest.update(fields)
     staging = path.with_suffix(".json.tmp")
     staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False))

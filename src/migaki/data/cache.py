@@ -43,15 +43,16 @@ def tokenize_cached(
 
 
 def tokenize_for_recipe(
-    examples: list[Example], tokenizer, recipe: Recipe
+    examples: list[Example], tokenizer, recipe: Recipe, overlong: str
 ) -> tuple[list[TokenizedExample], TokenizeReport]:
-    """Tokenize a split the way the recipe's data section says, through the cache."""
+    """Tokenize a split the way the recipe's data section says, through the cache; `overlong`
+    is data.overlong as the task applies it (`Task.overlong_rows`)."""
     data = recipe.data
     return tokenize_cached(
         examples,
         tokenizer,
         max_length=data.max_length,
-        overlong=recipe.overlong,
+        overlong=overlong,
         system_prompt=data.system_prompt,
         train_on_prompt=data.train_on_prompt,
     )

@@ -54,6 +54,12 @@ class Example:
         assert self.messages is not None
         return [m for m in self.messages if m["role"] == "assistant"][-1]["content"]
 
+    @property
+    def is_pair(self) -> bool:
+        """A preference pair: the conversation ends in the chosen answer, `meta` holds the
+        rejected one."""
+        return "rejected" in self.meta
+
 
 def detect_format(fields: dict[str, Any], label_column: str = "label") -> str | None:
     """The format a row's keys indicate, or None."""

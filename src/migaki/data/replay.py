@@ -43,10 +43,13 @@ def read_extra_file(
     return prepared
 
 
-def mix_replay(splits: Splits, recipe: Recipe, tokenizer=None) -> StepReport | None:
+def mix_replay(
+    splits: Splits, recipe: Recipe, tokenizer=None, also_allowed: tuple[str, ...] = ()
+) -> StepReport | None:
     """Add the rows of `train.replay` to `splits.train` so that they make up `share` of it;
     records the step and the file's hash in `splits` and returns the step (None when replay
-    is off).
+    is off). Replay rows must be of the training rows' kind or of `also_allowed` (the kinds
+    the task trains on besides, `Task.also_trains_on`).
 
     Rows are drawn with `train.seed`, without replacement when the file has enough; otherwise
     every row is used as often as needed (a warning says so). Raises UserError when the file's
@@ -58,7 +61,7 @@ def mix_replay(splits: Splits, recipe: Recipe, tokenizer=None) -> StepReport | N
     pool = prepared.examples["data"]
     if not pool:
         raise UserError(f"{replay.data}: train.replay has no rows left after cleaning")
-    _check_kinds(pool, splits.train, recipe.task, replay.data)
+    _check_kinds(pool, splits.train, also_allowed, replay.data)
     own = len(splits.train)
     wanted = max(1, round(replay.share * own / (1 - replay.share)))
     chosen = _draw(len(pool), wanted, random.Random(seed))
@@ -95,7 +98,7 @@ def example_kind(example: Example) -> str:
     """classification, preference, conversation or text: what a row teaches."""
     if example.label is not None:
         return "classification"
-    if "rejected" in example.meta:
+    if example.is_pair:
         return "preference"
     return "conversation" if example.messages is not None else "text"
 
@@ -107,10 +110,10 @@ def _draw(available: int, wanted: int, rng: random.Random) -> list[int]:
     return [*range(available)] * passes + sorted(rng.sample(range(available), rest))
 
 
-def _check_kinds(pool: list[Example], train: list[Example], task: str, path: str) -> None:
-    allowed = {example_kind(train[0])}
-    if task == "sft":
-        allowed |= set(CHAT_KINDS)
+def _check_kinds(
+    pool: list[Example], train: list[Example], also_allowed: tuple[str, ...], path: str
+) -> None:
+    allowed = {example_kind(train[0]), *also_allowed}
     wrong = next((e for e in pool if example_kind(e) not in allowed), None)
     if wrong is not None:
         raise UserError(

@@ -1,6 +1,6 @@
 """Evaluation: language-model metrics, generated answers scored against references, reports."""
 
-from migaki.evaluate.generation import LoadedModel, generate_answers, load_for_inference
-from migaki.evaluate.report import evaluate
+from migaki.evaluate.evaluation import evaluate
+from migaki.evaluate.generation import generate_answers, load_for_generation
 
-__all__ = ["LoadedModel", "evaluate", "generate_answers", "load_for_inference"]
+__all__ = ["evaluate", "generate_answers", "load_for_generation"]

@@ -14,8 +14,9 @@ import torch
 from migaki.data.batches import collate
 from migaki.data.formats import Example
 from migaki.data.tokenize import TokenizedExample, tokenize_example
-from migaki.evaluate.generation import LoadedModel, _autocast
-from migaki.train.objectives import decoder, is_prompt_learning, labelled_logps, logps_from_states
+from migaki.models.inference import LoadedModel
+from migaki.objectives import decoder, is_prompt_learning, labelled_logps, logps_from_states
+from migaki.precision import autocast
 
 
 @dataclass
@@ -95,7 +96,7 @@ def score_choices(loaded: LoadedModel, examples: list[Example]) -> ChoiceScores:
     scores = ChoiceScores([], [], [e.meta["answer"] for e in examples])
     for example in examples:
         rows = tokenize_choices(example, tokenizer, system_prompt)
-        with _autocast(loaded.precision, device):
+        with autocast(loaded.precision, device):
             sums, counts = question_logprobs(model, rows, tokenizer.pad_token_id)
         scores.logprobs.append(sums.tolist())
         scores.tokens.append(counts.tolist())

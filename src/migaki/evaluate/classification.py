@@ -18,8 +18,8 @@ from migaki.data.classify import collate_classification, tokenize_classification
 from migaki.data.formats import Example, to_examples
 from migaki.data.load import scan_records, with_text_column
 from migaki.errors import UserError
+from migaki.metrics import f1_macro
 from migaki.rundir import final_dir
-from migaki.train.loop import f1_macro
 
 MISTAKES_SHOWN = 20
 

@@ -1,61 +1,24 @@
-"""Generation with the same chat rendering as training, and loading a run's tuned model."""
+"""Generation with the same chat rendering as training."""
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from migaki import models
-from migaki.config import Recipe
 from migaki.data.tokenize import render_prompt
-from migaki.errors import UserError
-from migaki.methods import load_final
-from migaki.rundir import final_dir, load_run_recipe
-from migaki.train.precision import choose_precision
+from migaki.models.inference import LoadedModel, load_for_inference
+from migaki.precision import autocast
+from migaki.rundir import is_run, load_run_recipe
+from migaki.tasks import check_generates
 
 
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    tokenizer: object
-    recipe: Recipe | None  # None for a bare base model
-    precision: str
-
-
-def refuse_reward_model(path: Path, recipe) -> None:
-    if recipe is not None and recipe.task == "reward":
-        raise UserError(
-            f"{path}: a reward model scores conversations and does not generate text; "
-            f"`migaki eval {path} --data PAIRS` scores preference pairs with it"
-        )
-
-
-def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
-    """A run directory (its final/ on top of its base) or any model migaki loads.
-
-    With `tuned=False` a run gives its base model, rendered the same way."""
+def load_for_generation(target: str | Path, tuned: bool = True) -> LoadedModel:
+    """`load_for_inference`, refusing a run whose task scores rather than generates (one line
+    naming the run and the command that scores it)."""
     path = Path(target)
-    recipe = load_run_recipe(path) if (path / "recipe.yaml").is_file() else None
-    if recipe is not None and recipe.task == "classification":
-        raise UserError(
-            f"{path}: a {recipe.task} run does not generate text; "
-            f"`migaki eval {path} --data FILE` scores it"
-        )
-    refuse_reward_model(path, recipe)
-    base_name = recipe.model.base if recipe else str(target)
-    source = models.resolve(base_name)
-    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)
-    model = models.load_causal_lm(source)
-    if recipe is not None and tuned:
-        model = load_final(recipe.method.name, model, str(final_dir(path)))
-    model.eval()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    precision = choose_precision("auto", device)
-    return LoadedModel(model, tokenizer, recipe, precision)
+    check_generates(path, load_run_recipe(path) if is_run(path) else None)
+    return load_for_inference(path, tuned)
 
 
 @torch.no_grad()
@@ -81,7 +44,7 @@ def generate_answers(
             padding=True,
             add_special_tokens=False,
         ).to(device)
-        with _autocast(loaded.precision, device):
+        with autocast(loaded.precision, device):
             output = model.generate(
                 **encoded,
                 max_new_tokens=max_new_tokens,
@@ -103,10 +66,3 @@ def generate_answers(
             results.append((text, stopped))
     tokenizer.padding_side = "right"
     return results
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)

@@ -10,7 +10,6 @@ from types import ModuleType
 import torch
 from safetensors.torch import load_file, save_file
 
-from migaki.errors import UserError
 from migaki.methods import adapter, freeze, full, gradual, head, ia3, lora, prompt
 
 METHODS: dict[str, ModuleType] = {
@@ -26,21 +25,23 @@ METHODS: dict[str, ModuleType] = {
     "gradual": gradual,
     "head": head,
 }
-CLASSIFICATION_METHODS = ("full", "lora", "freeze", "gradual", "head")
+SWITCHABLE = ("lora", "dora", "qlora", "ia3")  # PEFT adapters `disable_adapter` switches off
 PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
+PEFT_METHODS = (*SWITCHABLE, *PROMPT_LEARNING)
+ADAPTER_METHODS = (*PEFT_METHODS, "adapter")  # final/ holds an adapter, not a whole model
+WHOLE_WEIGHTS = ("full", "freeze", "gradual")  # train the model's own weights (no adapter)
 
 
-def apply_method(model: torch.nn.Module, method, task: str = "sft") -> torch.nn.Module:
-    """Wrap or edit `model` for `method.name`; only the method's weights stay trainable."""
-    if task == "classification" and method.name not in CLASSIFICATION_METHODS:
-        raise UserError(
-            f"method.name: {method.name} is not available for task classification yet; "
-            f"use one of {', '.join(CLASSIFICATION_METHODS)}"
-        )
+def apply_method(
+    model: torch.nn.Module, method, sequence_classifier: bool = False
+) -> torch.nn.Module:
+    """Wrap or edit `model` for `method.name`; only the method's weights stay trainable.
+    `sequence_classifier`: the model has a task head (classification, reward), which LoRA
+    trains in full beside its adapter."""
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     if method.name == "lora":
-        return lora.apply(model, method, task)
+        return lora.apply(model, method, sequence_classifier)
     return METHODS[method.name].apply(model, method)
 
 

@@ -12,7 +12,9 @@ from transformers import PreTrainedModel
 from migaki.config import MethodConfig
 
 
-def apply(model: PreTrainedModel, method: MethodConfig, task: str = "sft") -> PeftModel:
+def apply(
+    model: PreTrainedModel, method: MethodConfig, sequence_classifier: bool = False
+) -> PeftModel:
     if method.name == "qlora":
         # Casts norms to fp32 for stable training on a quantized base; checkpointing stays as
         # the recipe set it.
@@ -25,7 +27,7 @@ def apply(model: PreTrainedModel, method: MethodConfig, task: str = "sft") -> Pe
         target_modules=method.target_modules,
         use_dora=method.name == "dora",
         # SEQ_CLS also trains (and saves) the new classification head in full.
-        task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM",
+        task_type="SEQ_CLS" if sequence_classifier else "CAUSAL_LM",
     )
     return get_peft_model(model, config)
 

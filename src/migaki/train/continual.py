@@ -32,16 +32,12 @@ from safetensors.torch import load_file
 
 from migaki.config import MethodConfig, Recipe
 from migaki.errors import UserError
-from migaki.methods import adapter
-from migaki.rundir import load_run_recipe
+from migaki.methods import ADAPTER_METHODS, PEFT_METHODS, adapter
+from migaki.rundir import load_run_recipe, read_manifest, run_of
+from migaki.tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 
-PEFT_METHODS = ("lora", "dora", "qlora", "ia3", "prefix", "prompt")
-ADAPTER_METHODS = (*PEFT_METHODS, "adapter")  # final/ holds an adapter, not a whole model
-HEAD_TASKS = ("classification", "reward")  # final/ holds a model with a task head
-REFERENCE_TASKS = ("dpo", "kto")  # compare with the base model with the adapter off
-CAUSAL_LM_TASKS = ("sft", "pretrain")  # trained with the causal-LM loss the guard measures
 # PEFT settings that decide the adapter's shape or meaning, and the recipe key behind each
 PEFT_SETTINGS = {
     "peft_type": "method.name",
@@ -63,7 +59,7 @@ class InitRun:
     run_dir: Path
     final: Path
     base: str  # the earlier run's model.base
-    task: str
+    task: Task
     method: str
     final_step: int | None  # the training step final/ holds
 
@@ -76,19 +72,19 @@ class InitRun:
             "run": str(self.run_dir.resolve()),
             "final_step": self.final_step,
             "method": self.method,
-            "task": self.task,
+            "task": self.task.name,
             "carried": "adapter weights" if self.carries_adapter else "base model",
         }
 
 
-def prepare(recipe: Recipe) -> tuple[Recipe, InitRun | None]:
+def prepare(recipe: Recipe, task: Task) -> tuple[Recipe, InitRun | None]:
     """Check the recipe's continual-learning settings before anything loads, and find the run
     `train.init_from` names. When its final/ is a whole model, the recipe returned is a copy
     whose `model.base` is that final/. Raises UserError naming the key and the path."""
     if recipe.train.init_from is None:
         return recipe, None
     init = find_run(recipe.train.init_from)
-    _check_compatible(init, recipe)
+    _check_compatible(init, recipe, task)
     if init.carries_adapter or _same_model(recipe.model.base, str(init.final)):
         return recipe, init
     recipe = recipe.model_copy(deep=True)
@@ -99,9 +95,7 @@ def prepare(recipe: Recipe) -> tuple[Recipe, InitRun | None]:
 
 def find_run(path: str | Path) -> InitRun:
     """The run directory at `path` (or the run whose final/ `path` is) with its final/."""
-    run_dir = Path(path).expanduser()
-    if run_dir.name == "final" and (run_dir.parent / "recipe.yaml").is_file():
-        run_dir = run_dir.parent
+    run_dir = run_of(path) or Path(path).expanduser()
     final = run_dir / "final"
     if not final.is_dir():
         raise UserError(
@@ -109,15 +103,13 @@ def find_run(path: str | Path) -> InitRun:
             "training (resume it with --resume first)"
         )
     earlier = load_run_recipe(run_dir)
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     return InitRun(
         run_dir,
         final,
         earlier.model.base,
-        earlier.task,
+        task_for(earlier),
         earlier.method.name,
-        manifest.get("final_step"),
+        read_manifest(run_dir).get("final_step"),
     )
 
 
@@ -148,7 +140,7 @@ def load_init_weights(model: torch.nn.Module, init: InitRun, method: MethodConfi
     log.info("init from %s: adapter weights of step %s loaded", init.run_dir, init.final_step)
 
 
-def _check_compatible(init: InitRun, recipe: Recipe) -> None:
+def _check_compatible(init: InitRun, recipe: Recipe, task: Task) -> None:
     where = f"train.init_from: {init.run_dir}"
     if not any(_same_model(m, recipe.model.base) for m in (init.base, str(init.final))):
         raise UserError(
@@ -160,20 +152,20 @@ def _check_compatible(init: InitRun, recipe: Recipe) -> None:
             f"{where}: its final/ is a {init.method} adapter; method.name must be {init.method} "
             f"to go on training it (not {recipe.method.name})"
         )
-    if init.task == recipe.task:
+    if init.task is task:
         return
-    if init.task in HEAD_TASKS:
+    if init.task.head is not None:
         raise UserError(
-            f"{where}: a {init.task} run's final/ has a task head; it can start only another "
-            f"{init.task} run (this recipe's task is {recipe.task})"
+            f"{where}: a {init.task.name} run's final/ has a task head; it can start only "
+            f"another {init.task.name} run (this recipe's task is {task.name})"
         )
     # A head task needs a head the adapter lacks; the reference of DPO and KTO (the base
     # without the adapter) would not be the model the earlier run ended with.
-    if init.carries_adapter and recipe.task in (*HEAD_TASKS, *REFERENCE_TASKS):
+    if init.carries_adapter and (task.head is not None or task.reference):
         raise UserError(
-            f"{where}: task {recipe.task} cannot go on training its {init.method} adapter "
-            f"(trained for task {init.task}); train the earlier run with method full, so that "
-            "its final/ becomes the base model"
+            f"{where}: task {task.name} cannot go on training its {init.method} adapter "
+            f"(trained for task {init.task.name}); train the earlier run with method full, so "
+            "that its final/ becomes the base model"
         )
 
 

@@ -28,7 +28,7 @@ from migaki.data.prepare import Splits
 from migaki.data.replay import CHAT_KINDS, example_kind, read_extra_file
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import UserError
-from migaki.train.loop import evaluate_rows, process_share, summarize
+from migaki.metrics import evaluate_rows, process_share, summarize
 from migaki.train.tracking import MetricsLog, read_metrics
 
 log = logging.getLogger(__name__)
@@ -120,10 +120,13 @@ class ForgettingGuard:
         }
 
 
-def load_reference(recipe: Recipe, tokenizer, splits: Splits) -> list[TokenizedExample] | None:
+def load_reference(
+    recipe: Recipe, tokenizer, splits: Splits, overlong: str
+) -> list[TokenizedExample] | None:
     """The tokenized reference rows of `train.forgetting` (None when it is off): a seeded
-    sample of `max_rows`, rendered like validation rows. The file's hash joins
-    `splits.hashes`, so resume refuses a changed reference set. Raises UserError when the run
+    sample of `max_rows`, rendered like validation rows (`overlong`: data.overlong as the task
+    applies it). The file's hash joins `splits.hashes`, so resume refuses a changed reference
+    set. Raises UserError when the run
     has no validation (the guard measures with it) or the file has no usable rows."""
     config = recipe.train.forgetting
     if config is None:
@@ -147,7 +150,7 @@ def load_reference(recipe: Recipe, tokenizer, splits: Splits) -> list[TokenizedE
     if config.max_rows is not None and len(examples) > config.max_rows:
         keep = sorted(random.Random(seed).sample(range(len(examples)), config.max_rows))
         examples = [examples[i] for i in keep]
-    rows, report = tokenize_for_recipe(examples, tokenizer, recipe)
+    rows, report = tokenize_for_recipe(examples, tokenizer, recipe, overlong)
     if not rows:
         raise UserError(f"{config.data}: train.forgetting has no row with a token to score")
     splits.hashes.update(prepared.hashes)

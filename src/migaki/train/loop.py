@@ -10,11 +10,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from accelerate.utils import gather_object
@@ -25,6 +23,15 @@ from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
 from migaki.errors import TrainingDiverged
 from migaki.methods.gradual import Unfreezing
+from migaki.metrics import (
+    Collate,
+    add_sums,
+    evaluate_rows,
+    preference_metrics,
+    process_share,
+    summarize,
+    to_device,
+)
 from migaki.train.checkpoint import (
     LoopState,
     latest_checkpoint,
@@ -32,16 +39,11 @@ from migaki.train.checkpoint import (
     rng_snapshot,
     save_checkpoint,
 )
-from migaki.train.objectives import LossParts
+from migaki.train.forgetting import ForgettingGuard
 from migaki.train.schedule import learning_rate
 from migaki.train.tracking import MetricsLog
 
-if TYPE_CHECKING:
-    from migaki.train.forgetting import ForgettingGuard
-
 log = logging.getLogger(__name__)
-
-Collate = Callable[[list[TokenizedExample]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -54,34 +56,39 @@ class StepPlan:
 
 
 @dataclass
+class LoopInputs:
+    """What the loop trains with. `objective` is the prepared loss module (a task's objective,
+    maybe wrapped for DDP): its forward returns LossParts. `unfreezing` (method gradual) scales
+    the learning rate and holds back waiting weights; `guard` (train.forgetting) measures a
+    reference loss with each validation and may stop the run."""
+
+    objective: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    accelerator: Any
+    train_rows: list[TokenizedExample]
+    val_rows: list[TokenizedExample]
+    cfg: TrainConfig
+    plan: StepPlan
+    run_dir: Path
+    metrics: MetricsLog
+    collate_fn: Collate
+    unfreezing: Unfreezing | None = None
+    guard: ForgettingGuard | None = None
+
+
+@dataclass
 class FitResult:
     state: LoopState
     stopped_early: bool
     stopped_forgetting: bool = False  # the forgetting guard stopped the run
 
 
-def fit(
-    model,
-    optimizer,
-    accelerator,
-    train_rows: list[TokenizedExample],
-    val_rows: list[TokenizedExample],
-    cfg: TrainConfig,
-    plan: StepPlan,
-    state: LoopState,
-    run_dir: Path,
-    metrics: MetricsLog,
-    collate_fn: Collate,
-    unfreezing: Unfreezing | None = None,
-    guard: ForgettingGuard | None = None,
-) -> FitResult:
-    """Train from `state.step` to `plan.total_steps`; returns the final loop state.
-
-    `model` is the prepared loss module (objectives.CausalLMLoss, maybe wrapped for DDP): its
-    forward returns LossParts. Every process runs this same function on its share of each step.
-    `unfreezing` (method gradual) scales the learning rate and holds back waiting weights.
-    `guard` (train.forgetting) measures a reference loss with each validation; it may stop.
-    """
+def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
+    """Train from `state.step` to `plan.total_steps`; returns the final loop state. Every
+    process runs this same function on its share of each step."""
+    model, optimizer, accelerator = inputs.objective, inputs.optimizer, inputs.accelerator
+    train_rows, val_rows, cfg, plan = inputs.train_rows, inputs.val_rows, inputs.cfg, inputs.plan
+    unfreezing, guard, metrics = inputs.unfreezing, inputs.guard, inputs.metrics
     progress = tqdm(
         total=plan.total_steps,
         initial=state.step,
@@ -96,7 +103,7 @@ def fit(
     batches_of_epoch: dict[int, list[list[int]]] = {}
     if state.step == 0 and val_rows and plan.eval_every:
         # Before any update: every run's metrics show where validation started.
-        _validate(model, accelerator, val_rows, cfg, plan, state, metrics, None, collate_fn, guard)
+        _validate(inputs, state, None)
     model.train()
     while state.step < plan.total_steps:
         step_start = time.perf_counter()
@@ -113,11 +120,11 @@ def fit(
             group["lr"] = lr
 
         step_loss, step_tokens, step_extras = _forward_backward(
-            model, accelerator, train_rows, indices, cfg.grad_accum, collate_fn
+            model, accelerator, train_rows, indices, cfg.grad_accum, inputs.collate_fn
         )
         mean_loss = step_loss / step_tokens
         if not math.isfinite(mean_loss):
-            raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, run_dir))
+            raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, inputs.run_dir))
         if unfreezing is not None:
             unfreezing.drop_waiting_gradients(state.step)
         grad_norm = None
@@ -151,18 +158,7 @@ def fit(
         if val_rows and plan.eval_every and (state.step % plan.eval_every == 0 or is_last):
             train_loss = window_loss / max(window_tokens, 1)
             window_loss, window_tokens = 0.0, 0
-            stopped_early = _validate(
-                model,
-                accelerator,
-                val_rows,
-                cfg,
-                plan,
-                state,
-                metrics,
-                train_loss,
-                collate_fn,
-                guard,
-            )
+            stopped_early = _validate(inputs, state, train_loss)
             stopped_forgetting = guard is not None and guard.check(state.step)
             model.train()
             evaluated = True
@@ -172,10 +168,9 @@ def fit(
         if due:
             rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
             if accelerator.is_main_process:
-                save_checkpoint(
-                    run_dir, accelerator.unwrap_model(model).model, optimizer, state, rngs
-                )
-                prune_checkpoints(run_dir, cfg.keep_checkpoints, state.best_step)
+                bare = accelerator.unwrap_model(model).model
+                save_checkpoint(inputs.run_dir, bare, optimizer, state, rngs)
+                prune_checkpoints(inputs.run_dir, cfg.keep_checkpoints, state.best_step)
         if stopped_early:
             metrics.write(
                 step=state.step,
@@ -216,7 +211,7 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
         # gradients are exchanged once per step, after the last micro-batch
         syncing = contextlib.nullcontext() if last else accelerator.no_sync(model)
         with syncing:
-            batch = _to_device(collate_fn(items), accelerator.device)
+            batch = to_device(collate_fn(items), accelerator.device)
             with accelerator.autocast():
                 parts = model(**batch)
             weight = world / step_tokens if micro else 0.0
@@ -231,27 +226,18 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
     # Every process ran the same objective, so all of them agree on whether it has extras; a
     # process with an empty share has none to add, hence objects rather than a fixed tensor.
     if world > 1 and parts.extras is not None:
-        extras = _add_sums(gather_object([extras]))
+        extras = add_sums(gather_object([extras]))
     return step_loss.item(), step_tokens, extras
 
 
-def _validate(
-    model,
-    accelerator,
-    val_rows,
-    cfg,
-    plan,
-    state,
-    metrics,
-    train_loss: float | None,
-    collate_fn,
-    guard: ForgettingGuard | None = None,
-) -> bool:
+def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) -> bool:
     """Run validation, log it, update best/patience; True when early stopping should stop.
     Each process evaluates its share of the rows; the sums are combined, so every process
-    takes the same decision. A forgetting guard adds its reference loss to the record."""
+    takes the same decision. A forgetting guard adds its reference loss to the record.
+    `train_loss` is None for the step-0 baseline."""
+    model, accelerator, cfg, plan = inputs.objective, inputs.accelerator, inputs.cfg, inputs.plan
     model.eval()
-    share = process_share(val_rows, accelerator)
+    share = process_share(inputs.val_rows, accelerator)
     # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
     # broadcasts), which hang when processes hold different numbers of validation batches.
     bare = accelerator.unwrap_model(model)
@@ -259,18 +245,18 @@ def _validate(
         lambda batch: bare(**batch),
         share,
         cfg.batch_size // cfg.grad_accum,
-        collate_fn,
+        inputs.collate_fn,
         accelerator.device,
         accelerator.autocast,
     )
     if accelerator.num_processes > 1:
         # Gathered as objects, not one fixed tensor: a process whose share is empty has no
         # confusion matrix or rewards, and tensors of different sizes would hang the exchange.
-        sums = _add_sums(gather_object([sums]))
+        sums = add_sums(gather_object([sums]))
     result = summarize(sums)
-    if guard is not None:
-        result |= guard.measure(bare, accelerator)
-    metrics.write(
+    if inputs.guard is not None:
+        result |= inputs.guard.measure(bare, accelerator)
+    inputs.metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )
     if train_loss is None:  # the step-0 baseline: no checkpoint, not a candidate for best
@@ -284,7 +270,7 @@ def _validate(
         state.evals_without_improvement += 1
     state.val_history.append((state.step, val_loss, train_loss))
     if _overfitting(state.val_history):
-        metrics.write(
+        inputs.metrics.write(
             step=state.step, event="overfitting_warning", val_loss=val_loss, train_loss=train_loss
         )
         log.warning(
@@ -296,115 +282,12 @@ def _validate(
     return patience is not None and state.evals_without_improvement >= patience
 
 
-@torch.no_grad()
-def evaluate_rows(
-    loss_fn: Callable[[dict[str, torch.Tensor]], LossParts],
-    rows: list[TokenizedExample],
-    batch_size: int,
-    collate_fn: Collate,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
-) -> dict[str, float]:
-    """Summed loss, labelled tokens and correct predictions over `rows` (see `summarize`)."""
-    loss_sum, tokens, correct, confusion = 0.0, 0, 0, None
-    extras: dict[str, float] = {}
-    for group in evaluation_groups(rows, batch_size):
-        batch = _to_device(collate_fn(group), device)
-        with autocast():
-            parts = loss_fn(batch)
-        loss_sum += parts.loss_sum.item()
-        tokens += parts.tokens
-        correct += parts.correct
-        if parts.confusion is not None:
-            confusion = parts.confusion if confusion is None else confusion + parts.confusion
-        for key, value in (parts.extras or {}).items():
-            extras[key] = extras.get(key, 0.0) + value
-    sums = {"loss_sum": loss_sum, "tokens": tokens, "correct": correct}
-    sums |= {f"extra_{key}": value for key, value in extras.items()}
-    return sums | ({"confusion": confusion} if confusion is not None else {})
-
-
-def process_share(rows: list, accelerator) -> list:
-    """The validation rows this process evaluates."""
-    return rows[accelerator.process_index :: accelerator.num_processes]
-
-
-def evaluation_groups(rows: list, batch_size: int) -> list[list]:
-    """Rows in order of length, in batches of `batch_size`: sums do not depend on the order,
-    padding does."""
-    rows = sorted(rows, key=lambda row: len(row.input_ids))
-    return [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
-
-
-def summarize(sums: dict[str, Any]) -> dict[str, float]:
-    """Loss, perplexity and token accuracy from summed counts; for classification (a
-    confusion matrix is present) loss, accuracy and macro F1 over the rows."""
-    tokens = int(sums["tokens"])
-    loss = sums["loss_sum"] / max(tokens, 1)
-    extras = {k[len("extra_") :]: v for k, v in sums.items() if k.startswith("extra_")}
-    if extras:
-        return {"loss": loss, **preference_metrics(extras, sums["correct"], tokens)}
-    if sums.get("confusion") is not None:
-        return {
-            "loss": loss,
-            "accuracy": sums["correct"] / max(tokens, 1),
-            "f1_macro": f1_macro(sums["confusion"]),
-            "rows": tokens,
-        }
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "token_accuracy": sums["correct"] / max(tokens, 1),
-        "tokens": tokens,
-    }
-
-
-def _add_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    total: dict[str, Any] = {}
-    for part in parts:
-        for key, value in part.items():
-            total[key] = value if key not in total else total[key] + value
-    return total
-
-
-def preference_metrics(extras: dict[str, float], correct: float, pairs: int) -> dict[str, float]:
-    """Mean implicit rewards, their margin and the share of pairs ranked right; {} for
-    objectives that are not preference objectives."""
-    if "reward_chosen" not in extras:
-        return {}
-    # KTO's rows are desirable or not rather than pairs; each mean is over its own rows
-    chosen = extras["reward_chosen"] / max(extras.get("chosen_rows", pairs), 1)
-    rejected = extras["reward_rejected"] / max(extras.get("rejected_rows", pairs), 1)
-    return {
-        "reward_chosen": chosen,
-        "reward_rejected": rejected,
-        "reward_margin": chosen - rejected,
-        "pref_accuracy": correct / max(pairs, 1),
-        "pairs": pairs,
-    }
-
-
-def f1_macro(confusion: torch.Tensor) -> float:
-    """Mean over classes of F1 (rows: true class, columns: predicted); a class that is neither
-    present nor predicted is left out, as scikit-learn does with zero_division handling."""
-    confusion = confusion.double()
-    true_positive = confusion.diag()
-    predicted, actual = confusion.sum(dim=0), confusion.sum(dim=1)
-    scored = (predicted + actual) > 0
-    f1 = 2 * true_positive / (predicted + actual).clamp(min=1)
-    return float(f1[scored].mean()) if scored.any() else 0.0
-
-
 def _overfitting(history: list[tuple[int, float, float]]) -> bool:
     """Validation loss rose twice in a row while training loss fell both times."""
     if len(history) < 3:
         return False
     (_, v0, t0), (_, v1, t1), (_, v2, t2) = history[-3:]
     return v2 > v1 > v0 and t2 < t1 < t0
-
-
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _divergence_message(loss: float, step: int, run_dir: Path) -> str:

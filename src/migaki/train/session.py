@@ -8,7 +8,9 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -17,7 +19,7 @@ from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from migaki import models
 from migaki.config import Recipe
-from migaki.data import load_splits, write_split
+from migaki.data import Splits, load_splits, write_split
 from migaki.data.replay import mix_replay
 from migaki.errors import UserError
 from migaki.methods import (
@@ -27,8 +29,11 @@ from migaki.methods import (
     load_trainable,
     save_final,
 )
+from migaki.objectives import decoder
+from migaki.precision import choose_precision
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
-from migaki.train import continual, forgetting, tasks
+from migaki.tasks import Task, task_for
+from migaki.train import continual, forgetting
 from migaki.train.checkpoint import (
     LoopState,
     checkpoint_dir,
@@ -36,11 +41,7 @@ from migaki.train.checkpoint import (
     load_checkpoint,
     read_state,
 )
-from migaki.train.loop import FitResult, StepPlan, fit
-from migaki.train.objectives import (
-    decoder,
-)
-from migaki.train.precision import choose_precision
+from migaki.train.loop import FitResult, LoopInputs, StepPlan, fit
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
 
@@ -55,8 +56,9 @@ def train(
     name: str = "run",
 ) -> Path:
     """Run a recipe and return the run directory. Raises UserError for problems a user can fix
-    (data, model, a resume that does not match its checkpoint)."""
-    recipe, init = continual.prepare(recipe)  # a whole-model init_from becomes model.base
+    (recipe, data, model, a resume that does not match its checkpoint)."""
+    task = task_for(recipe)  # before anything loads: the recipe suits its task
+    recipe, init = continual.prepare(recipe, task)  # a whole-model init_from becomes model.base
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
     accelerator = _fresh_accelerator(device, precision)
@@ -67,49 +69,23 @@ def train(
     accelerator.wait_for_everyone()  # every process checks before the main one writes
     set_seed(recipe.train.seed)
 
-    source = models.resolve(recipe.model.base)
-    classify = recipe.task == "classification"
-    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=not classify)
-    teacher = tasks.load_teacher(recipe, tokenizer) if recipe.task == "distill" else None
-    splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
-    for step in splits.steps:
-        log.info("data %s", step.summary())
-    if not splits.val:
-        _warn_without_validation(recipe, len(splits.train))
-    mix_replay(splits, recipe, tokenizer)  # after the split: train rows only
-    reference = forgetting.load_reference(recipe, tokenizer, splits)
-    if checkpoint is not None:
-        _check_resume(checkpoint, recipe, splits.hashes, force)
-    labels = tasks.task_labels(recipe, splits)
-    continual.check_labels(init, labels)
-    rows = tasks.tokenize_splits(splits, tokenizer, recipe, labels)
-    model, trainable, total = _build_model(
-        recipe, source, precision, device, labels, tokenizer.pad_token_id
-    )
+    data = _prepare_data(recipe, task, init, checkpoint, force)
+    model, trainable, total = _build_model(recipe, task, data, precision, device)
     if init is not None:
         continual.load_init_weights(model, init, recipe.method)
     optimizer = torch.optim.AdamW(
         _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
     )
-    objective, optimizer = accelerator.prepare(tasks.objective(recipe, model, teacher), optimizer)
-    if recipe.task == "dpo" and not hasattr(model, "disable_adapter"):
-        # before a checkpoint loads: the reference is the model as training starts
-        tasks.precompute_reference(accelerator, objective, rows, recipe, tokenizer.pad_token_id)
+    objective, optimizer = accelerator.prepare(task.objective(recipe, model, data.setup), optimizer)
+    if task.start is not None:  # before a checkpoint loads: e.g. the DPO reference
+        task.start(accelerator, objective, data.rows, recipe, data.tokenizer.pad_token_id)
     # The weights are identical everywhere now (prepare broadcasts rank 0's); from here each
     # process draws its own dropout masks, so checkpoints keep one random state per process.
     set_seed(recipe.train.seed, device_specific=True)
-    plan = plan_steps(len(rows["train"]), recipe)
-    unfreezing = None
-    if recipe.method.name == "gradual":
-        unfreezing = gradual.unfreezing(model, recipe.method, plan.total_steps)
-        log.info(
-            "method gradual: %s weights wait for step %d, then train at %.3g x lr",
-            f"{sum(p.numel() for p in unfreezing.waiting):,}",
-            unfreezing.unfreeze_at,
-            unfreezing.lr_scale,
-        )
+    plan = plan_steps(len(data.rows["train"]), recipe)
+    unfreezing = _unfreezing(model, recipe, plan)
 
-    state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=splits.hashes)
+    state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=data.splits.hashes)
     metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, accelerator.process_index)
@@ -117,72 +93,36 @@ def train(
         metrics.write(step=state.step, event="resume", checkpoint=checkpoint.name)
         log.info("resuming from %s (step %d of %d)", checkpoint, state.step, plan.total_steps)
     elif accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run_dir)
-        for split_name in ("train", "val", "test"):
-            write_split(getattr(splits, split_name), run_dir / "data" / f"{split_name}.jsonl")
-        report_path = run_dir / "data" / "prepare_report.json"
-        report_path.write_text(json.dumps(splits.report, ensure_ascii=False, indent=1))
+        _write_run_start(run_dir, recipe, data.splits)
     guard = forgetting.make_guard(
-        recipe, reference, tokenizer.pad_token_id, metrics, run_dir if checkpoint else None
+        recipe,
+        data.reference,
+        data.tokenizer.pad_token_id,
+        metrics,
+        run_dir if checkpoint else None,
     )
     if accelerator.is_main_process:
-        update_manifest(
-            run_dir,
-            status="running",
-            started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            base_model={
-                "name": recipe.model.base,
-                "path": str(source.path),
-                "origin": source.origin,
-            },
-            data={"hashes": splits.hashes, "rows": {k: len(v) for k, v in rows.items()}},
-            method=recipe.method.name,
-            precision=precision,
-            trainable_params=trainable,
-            total_params=total,
-            **_phase1_count(trainable, unfreezing),
-            **({"init_from": init.manifest_entry()} if init else {}),
-            plan=plan.__dict__,
-            **environment(),
-        )
-    log.info(
-        "run directory: %s; %d steps (%d per epoch)",
+        _record_start(run_dir, recipe, data, precision, (trainable, total), unfreezing, init, plan)
+    steps = (plan.total_steps, plan.steps_per_epoch)
+    log.info("run directory: %s; %d steps (%d per epoch)", run_dir, *steps)
+
+    inputs = LoopInputs(
+        objective,
+        optimizer,
+        accelerator,
+        data.rows["train"],
+        data.rows["val"],
+        recipe.train,
+        plan,
         run_dir,
-        plan.total_steps,
-        plan.steps_per_epoch,
+        metrics,
+        task.collate(recipe, data.tokenizer.pad_token_id, device),
+        unfreezing,
+        guard,
     )
-
-    try:
-        result = fit(
-            objective,
-            optimizer,
-            accelerator,
-            rows["train"],
-            rows["val"],
-            recipe.train,
-            plan,
-            state,
-            run_dir,
-            metrics,
-            tasks.batch_maker(recipe, tokenizer.pad_token_id, device),
-            unfreezing,
-            guard,
-        )
-    except BaseException as exc:
-        if accelerator.is_main_process:
-            update_manifest(
-                run_dir,
-                status="failed",
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                peak_memory_mb=peak_memory_mb(),
-            )
-        raise
-    finally:
-        metrics.close()
-
+    result = _fit_recording_failure(inputs, state, run_dir)
     if accelerator.is_main_process:
-        final_step = _save_final(model, tokenizer, run_dir, recipe, result.state)
+        final_step = _save_final(model, data.tokenizer, run_dir, recipe, task, result.state)
         update_manifest(
             run_dir,
             status=_final_status(result),
@@ -196,6 +136,117 @@ def train(
         )
     accelerator.wait_for_everyone()
     return run_dir
+
+
+@dataclass
+class RunData:
+    """What training reads: the base model's source and tokenizer, the split examples, the
+    task's tokenized rows and labels, the forgetting guard's reference rows and the task's
+    set-up (a teacher)."""
+
+    source: models.ModelSource
+    tokenizer: Any
+    splits: Splits
+    rows: dict[str, list]
+    labels: list[str] | None
+    reference: list | None
+    setup: Any
+
+
+def _prepare_data(
+    recipe: Recipe, task: Task, init, checkpoint: Path | None, force: bool
+) -> RunData:
+    """Load, clean, split and tokenize the data as the task reads it (with replay rows and the
+    forgetting guard's reference set); a resume must find the data it was trained on."""
+    source = models.resolve(recipe.model.base)
+    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=task.chat)
+    setup = task.setup(recipe, tokenizer)
+    splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
+    for step in splits.steps:
+        log.info("data %s", step.summary())
+    if not splits.val:
+        _warn_without_validation(recipe, len(splits.train))
+    mix_replay(splits, recipe, tokenizer, task.also_trains_on)  # after the split: train only
+    reference = forgetting.load_reference(recipe, tokenizer, splits, task.overlong_rows(recipe))
+    if checkpoint is not None:
+        _check_resume(checkpoint, recipe, splits.hashes, force)
+    labels = task.labels(recipe, splits)
+    continual.check_labels(init, labels)
+    rows = task.tokenize(splits, tokenizer, recipe, labels)
+    return RunData(source, tokenizer, splits, rows, labels, reference, setup)
+
+
+def _unfreezing(model, recipe: Recipe, plan: StepPlan) -> gradual.Unfreezing | None:
+    if recipe.method.name != "gradual":
+        return None
+    unfreezing = gradual.unfreezing(model, recipe.method, plan.total_steps)
+    log.info(
+        "method gradual: %s weights wait for step %d, then train at %.3g x lr",
+        f"{sum(p.numel() for p in unfreezing.waiting):,}",
+        unfreezing.unfreeze_at,
+        unfreezing.lr_scale,
+    )
+    return unfreezing
+
+
+def _record_start(
+    run_dir: Path,
+    recipe: Recipe,
+    data: RunData,
+    precision: str,
+    counts: tuple[int, int],
+    unfreezing: gradual.Unfreezing | None,
+    init,
+    plan: StepPlan,
+) -> None:
+    """manifest.json as training starts: the base model, data, method and machine."""
+    trainable, total = counts
+    update_manifest(
+        run_dir,
+        status="running",
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        base_model={
+            "name": recipe.model.base,
+            "path": str(data.source.path),
+            "origin": data.source.origin,
+        },
+        data={"hashes": data.splits.hashes, "rows": {k: len(v) for k, v in data.rows.items()}},
+        method=recipe.method.name,
+        precision=precision,
+        trainable_params=trainable,
+        total_params=total,
+        **_phase1_count(trainable, unfreezing),
+        **({"init_from": init.manifest_entry()} if init else {}),
+        plan=plan.__dict__,
+        **environment(),
+    )
+
+
+def _write_run_start(run_dir: Path, recipe: Recipe, splits: Splits) -> None:
+    """A fresh run's directory: its resolved recipe, its splits and their report."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir)
+    for split_name in ("train", "val", "test"):
+        write_split(getattr(splits, split_name), run_dir / "data" / f"{split_name}.jsonl")
+    report_path = run_dir / "data" / "prepare_report.json"
+    report_path.write_text(json.dumps(splits.report, ensure_ascii=False, indent=1))
+
+
+def _fit_recording_failure(inputs: LoopInputs, state: LoopState, run_dir: Path) -> FitResult:
+    """`fit`, with a failure recorded in the manifest before it propagates."""
+    try:
+        return fit(inputs, state)
+    except BaseException as exc:
+        if inputs.accelerator.is_main_process:
+            update_manifest(
+                run_dir,
+                status="failed",
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                peak_memory_mb=peak_memory_mb(),
+            )
+        raise
+    finally:
+        inputs.metrics.close()
 
 
 def _final_status(result: FitResult) -> str:
@@ -260,28 +311,24 @@ def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
 
 
-def _build_model(
-    recipe: Recipe,
-    source,
-    precision: str,
-    device: torch.device,
-    labels: list[str] | None = None,
-    pad_token_id: int | None = None,
-):
+def _build_model(recipe: Recipe, task: Task, data: RunData, precision: str, device):
     """The base model with the recipe's method and memory options; (model, trainable, total)."""
-    if labels is not None:
+    if task.head is not None:
         model = models.load_sequence_classifier(
-            source, labels, pad_token_id, recipe.model.trust_remote_code
+            data.source, data.labels, data.tokenizer.pad_token_id, recipe.model.trust_remote_code
         )
     else:
         quantize = recipe.method.quant_type if recipe.method.name == "qlora" else None
         model = models.load_causal_lm(
-            source, recipe.model.attn_implementation, recipe.model.trust_remote_code, quantize
+            data.source,
+            recipe.model.attn_implementation,
+            recipe.model.trust_remote_code,
+            quantize,
         )
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_method(model, recipe.method, "classification" if labels else recipe.task)
+    model = apply_method(model, recipe.method, sequence_classifier=task.head is not None)
     if recipe.train.compile:
         decoder(model).compile(dynamic=True)  # the loss calls the decoder, not model.forward
     trainable, total = count_parameters(model)
@@ -364,7 +411,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def _save_final(model, tokenizer, run_dir: Path, recipe: Recipe, state: LoopState) -> int:
+def _save_final(
+    model, tokenizer, run_dir: Path, recipe: Recipe, task: Task, state: LoopState
+) -> int:
     """Write final/ atomically from the best or last weights; returns the step it holds."""
     step = state.step
     if recipe.train.final == "best" and state.best_step not in (None, state.step):
@@ -379,7 +428,7 @@ def _save_final(model, tokenizer, run_dir: Path, recipe: Recipe, state: LoopStat
     save_final(recipe.method.name, model, str(staging))
     tokenizer.save_pretrained(staging)
     labels = getattr(model.config, "id2label", None)
-    if recipe.task == "classification" and labels:
+    if task.head == "labels" and labels:
         # PEFT adapters do not carry the base config; the label map travels beside them.
         names = [labels[i] for i in range(len(labels))]
         (staging / "labels.json").write_text(json.dumps(names, ensure_ascii=False))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from migaki.train.preference import (
+from migaki.losses import (
     distill_loss,
     dpo_loss,
     kto_loss,

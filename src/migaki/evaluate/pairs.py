@@ -25,19 +25,19 @@ from migaki.config import DataConfig, Recipe
 from migaki.data import Example
 from migaki.data.pairs import PairRow, collate_pairs, tokenize_pairs
 from migaki.errors import UserError
-from migaki.evaluate.generation import LoadedModel, _autocast, load_for_inference
-from migaki.train.loop import evaluation_groups
-from migaki.train.objectives import TIE_NATS, pair_logps
-from migaki.train.precision import choose_precision
-from migaki.train.preference import reward_loss
+from migaki.evaluate.classification import load_classifier
+from migaki.losses import reward_loss
+from migaki.metrics import evaluation_groups
+from migaki.models.inference import LoadedModel, load_for_inference
+from migaki.objectives import TIE_NATS, pair_logps
+from migaki.precision import autocast, choose_precision, inference_device
+from migaki.tasks import task_for
 
 log = logging.getLogger(__name__)
 
-REFERENCE_TASKS = ("dpo", "kto")  # trained against the untrained model's log-probabilities
-
 
 def is_preference_data(examples: list[Example]) -> bool:
-    return bool(examples) and all("rejected" in example.meta for example in examples)
+    return bool(examples) and all(example.is_pair for example in examples)
 
 
 @dataclass
@@ -65,7 +65,7 @@ def evaluate_pairs(
     """Metrics per system ("tuned", and "base" for a reference-trained run or with
     `compare_base`), and one sample per pair saying which answer each system prefers."""
     is_run = recipe is not None
-    with_reference = is_run and recipe.task in REFERENCE_TASKS
+    with_reference = is_run and task_for(recipe).reference
     pairs: tuple[list[Example], list[PairRow]] | None = None
     scores: dict[str, PairLogps] = {}
     systems: dict[str, dict[str, Any]] = {}
@@ -96,18 +96,16 @@ def evaluate_reward_pairs(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """A reward model's scores of each pair's two conversations: the pairwise loss, mean scores,
     their margin and `pref_accuracy`, as its validation computes them."""
-    from migaki.evaluate.classification import load_classifier
-
     source = models.resolve(recipe.model.base)
     tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
     model = load_classifier(target, recipe, ["reward"], tokenizer.pad_token_id)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = inference_device()
     model.to(device)
     precision = choose_precision(recipe.train.precision, device)
     examples, rows = _pair_rows(examples, tokenizer, recipe)
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with _autocast(precision, device):
+        with autocast(precision, device):
             output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return output.logits.squeeze(-1).float()[None]
 
@@ -148,7 +146,7 @@ def score_pairs(loaded: LoadedModel, rows: list[PairRow], batch_size: int) -> Pa
     device = next(model.parameters()).device
 
     def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with _autocast(loaded.precision, device):
+        with autocast(loaded.precision, device):
             values, counts = pair_logps(model, batch)
         return torch.stack([values.double(), counts.double()])
 

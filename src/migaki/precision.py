@@ -8,6 +8,7 @@ caches the answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -47,6 +48,20 @@ def choose_precision(requested: str, device: torch.device) -> str:
     if requested == "bf16" and not cpu_has_fast_bf16():
         log.warning("this CPU has no fast bf16 instructions; bf16 may be slower than fp32")
     return requested
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision ("bf16", "fp16" or "fp32") on `device`:
+    for inference and scoring outside accelerate (training uses `accelerator.autocast()`)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def inference_device() -> torch.device:
+    """The device inference runs on: the first GPU where there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cpu_bf16_is_faster() -> bool:

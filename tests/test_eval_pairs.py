@@ -11,7 +11,7 @@ from test_dpo import pairs
 
 from migaki.cli import main
 from migaki.evaluate import evaluate
-from migaki.evaluate.preference import PairLogps, implicit_reward_metrics
+from migaki.evaluate.pairs import PairLogps, implicit_reward_metrics
 from migaki.train.tracking import read_metrics
 
 

@@ -25,6 +25,7 @@ from migaki.data.prepare import load_splits
 from migaki.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
 from migaki.data.validate import validate_for
 from migaki.errors import UserError
+from migaki.tasks import task_for
 
 LOSS_START, LOSS_END = "\x1b[42;30m", "\x1b[0m"  # green background: tokens that carry loss
 PLAIN_START, PLAIN_END = "⟦", "⟧"
@@ -46,9 +47,9 @@ def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis
     report = Diagnosis()
     if not _validate_files(recipe, report):
         return report
-    classify = recipe.task == "classification"
+    task = task_for(recipe)
     tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=not classify
+        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=task.chat
     )
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     report.say("cleaning and split:")
@@ -60,13 +61,13 @@ def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis
     report.say("  rows: " + ", ".join(f"{name} {len(items)}" for name, items in rows.items()))
     if not any(step.step.endswith("dedup") for step in splits.steps):
         _duplicates(splits.train, report)
-    if classify:
-        _classification(rows, tokenizer, recipe, report)
+    if task.head == "labels":
+        _classification(rows, tokenizer, recipe, task.overlong_rows(recipe), report)
         _verdict(report)
         return report
     tokenized = {name: _tokenize(items, tokenizer, recipe) for name, items in rows.items()}
     _show_samples(splits.train, tokenized["train"], tokenizer, samples, color, report)
-    _lengths(tokenized, recipe, report)
+    _lengths(tokenized, recipe, task.overlong_rows(recipe), report)
     _verdict(report)
     return report
 
@@ -97,7 +98,7 @@ def _validate_files(recipe: Recipe, report: Diagnosis) -> bool:
 
 
 def _classification(
-    rows: dict[str, list[Example]], tokenizer, recipe: Recipe, report: Diagnosis
+    rows: dict[str, list[Example]], tokenizer, recipe: Recipe, overlong: str, report: Diagnosis
 ) -> None:
     """Labels per split (a label only in val or test cannot be learnt) and text lengths."""
     names = label_map(rows["train"], recipe.data.labels)
@@ -110,7 +111,7 @@ def _classification(
             report.warnings.append(f"{split} has labels train lacks: {unknown} (not scored)")
     train = [[0] * len(tokenizer(e.text)["input_ids"]) for e in rows["train"]]
     tokenized = {"train": [TokenizedExample(ids, [0] * len(ids)) for ids in train]}
-    _lengths(tokenized, recipe, report)
+    _lengths(tokenized, recipe, overlong, report)
 
 
 def _duplicates(examples: list[Example], report: Diagnosis) -> None:
@@ -182,7 +183,7 @@ def _piece(tokenizer, ids: list[int], in_loss: bool, start: str, end: str) -> st
 
 
 def _lengths(
-    tokenized: dict[str, list[TokenizedExample]], recipe: Recipe, report: Diagnosis
+    tokenized: dict[str, list[TokenizedExample]], recipe: Recipe, overlong: str, report: Diagnosis
 ) -> None:
     data = recipe.data
     train = tokenized["train"]
@@ -192,14 +193,13 @@ def _lengths(
     over = int((lengths > data.max_length).sum())
     report.say("\ntoken lengths (train): " + ", ".join(f"{k} {v}" for k, v in percentiles.items()))
     if over:
-        overlong = recipe.overlong
         report.say(
             f"  data.overlong={overlong}: would {overlong} {over} of {len(train)} rows "
             f"longer than max_length {data.max_length}"
         )
         if over / max(len(train), 1) > 0.1:
             report.warnings.append(f"{over} training rows exceed max_length {data.max_length}")
-    kept = [_policy(item, data.max_length, recipe.overlong) for item in train]
+    kept = [_policy(item, data.max_length, overlong) for item in train]
     no_loss = sum(item.trainable_tokens == 0 for item in train)
     cut_off = sum(
         item.trainable_tokens > 0 and after is not None and after.trainable_tokens == 0

