@@ -45,9 +45,9 @@ class Diagnosis:
 
 def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis:
     report = Diagnosis()
+    task = task_for(recipe)  # a recipe its task refuses is a user error before any file
     if not _validate_files(recipe, report):
         return report
-    task = task_for(recipe)
     tokenizer = models.load_tokenizer(
         models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=task.chat
     )
