@@ -79,7 +79,7 @@ def cycle_from(graph: dict[str, set[str]]) -> list[str] | None:
 # own layer or of layers below. The first prefix that matches a module names its layer.
 LAYERS = [
     ["migaki.errors", "migaki.config"],
-    ["migaki.precision", "migaki.rundir", "migaki.models"],
+    ["migaki.precision", "migaki.integrity", "migaki.rundir", "migaki.models"],
     ["migaki.methods", "migaki.models.inference"],
     ["migaki.data"],
     ["migaki.objectives", "migaki.losses", "migaki.metrics"],

@@ -38,6 +38,7 @@ def test_lora_run_writes_the_run_directory(tmp_path, recipe_file):
         "adapter_config.json",
         "adapter_model.safetensors",
         "chat_template.jinja",
+        "files.json",  # sizes and SHA-256 of the others, written last
         "tokenizer.json",
         "tokenizer_config.json",
     ]

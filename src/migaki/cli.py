@@ -9,12 +9,13 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sys
 
 from migaki import __version__
 from migaki.cli_data import add_data_command
 from migaki.cli_parsing import add_command
-from migaki.errors import UserError
+from migaki.errors import Interrupted, UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 EXAMPLES = {
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # the second signal of a training run, or another command's
+        print(f"interrupted ({signal.Signals(exc.signum).name})", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -95,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="resume even if the recipe or data changed"
     )
     train.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --resume: hash every checkpoint file, however large (sizes are always checked)",
+    )
+    train.add_argument(
         "--init-from",
         metavar="RUN_DIR",
         help="start from an earlier run's final/ (continual learning; sets train.init_from)",
@@ -123,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD",
         help="the field of --data holding a row's label or right choice "
         "(default: as the run trained, else label)",
+    )
+    ev.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every file of final/ against its files.json, however large",
     )
     ev.set_defaults(handler="evaluate")
 
@@ -172,6 +186,11 @@ def _generation_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--base", action="store_true", help="use the run's base model")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every file of final/ against its files.json, however large",
+    )
 
 
 def quiet_libraries(verbose: bool = False) -> None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
 
 from migaki.config import load_recipe
 from migaki.doctor import diagnose
-from migaki.errors import UserError
+from migaki.errors import Interrupted, UserError
 from migaki.estimate import estimate as run_estimate
 from migaki.evaluate import evaluate as run_evaluation
 from migaki.evaluate import generate_answers, load_for_generation
@@ -26,21 +27,27 @@ def quickstart(args: argparse.Namespace) -> None:
     print(report.table())
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace) -> int | None:
     if args.resume and not args.out:
         raise UserError("--resume continues an existing run: name it with --out RUN_DIR")
     recipe = load_recipe(args.recipe, args.overrides)
     if args.init_from:
         recipe.train.init_from = args.init_from
-    run_dir = run_training(
-        recipe,
-        out=args.out,
-        resume=args.resume,
-        force=args.force,
-        name=Path(args.recipe).stem,
-    )
+    try:
+        run_dir = run_training(
+            recipe,
+            out=args.out,
+            resume=args.resume,
+            force=args.force,
+            name=Path(args.recipe).stem,
+            verify=args.verify,
+        )
+    except Interrupted as exc:
+        if os.environ.get("RANK", "0") == "0":
+            print(interrupted_line(exc, args.recipe), file=sys.stderr)
+        return 128 + exc.signum
     if os.environ.get("RANK", "0") != "0":
-        return  # under torchrun/accelerate, the main process reports
+        return None  # under torchrun/accelerate, the main process reports
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if manifest.get("best_val_loss") is not None:
         print(
@@ -49,6 +56,23 @@ def train(args: argparse.Namespace) -> None:
         )
     print(f"done: {run_dir / 'final'}")
     print(f"compare with the base model: migaki eval {run_dir} --compare-base")
+    return None
+
+
+def interrupted_line(exc: Interrupted, recipe: str) -> str:
+    """What a stopped run says: where it stopped and the command that continues it."""
+    name = signal.Signals(exc.signum).name
+    if exc.run_dir is None:  # a second signal while the run was set up
+        return f"interrupted ({name}) before training started: nothing was written"
+    if exc.checkpoint is None:
+        return (
+            f"interrupted ({name}) before the first checkpoint: nothing to resume; start "
+            f"again after removing {exc.run_dir}: migaki train {recipe} --out {exc.run_dir}"
+        )
+    return (
+        f"interrupted ({name}) at step {exc.step}; the newest checkpoint is {exc.checkpoint}; "
+        f"continue with: migaki train {recipe} --out {exc.run_dir} --resume"
+    )
 
 
 def evaluate(args: argparse.Namespace) -> None:
@@ -60,6 +84,7 @@ def evaluate(args: argparse.Namespace) -> None:
         limit=args.limit,
         choice_prompt=args.choice_prompt,
         label_column=args.label_column,
+        verify=args.verify,
     )
     systems = result["systems"]
     keys = sorted({k for metrics in systems.values() for k in metrics})
@@ -80,7 +105,7 @@ def _cell(value: float, width: int) -> str:
 
 
 def generate(args: argparse.Namespace) -> None:
-    loaded = load_for_generation(args.target, tuned=not args.base)
+    loaded = load_for_generation(args.target, tuned=not args.base, verify=args.verify)
     messages = [{"role": "user", "content": args.prompt}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
@@ -91,7 +116,7 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def chat(args: argparse.Namespace) -> None:
-    loaded = load_for_generation(args.target, tuned=not args.base)
+    loaded = load_for_generation(args.target, tuned=not args.base, verify=args.verify)
     print("chat with the model; /reset clears the conversation, /exit (or Ctrl-D) ends it")
     history: list[dict[str, str]] = []
     while True:

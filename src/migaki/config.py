@@ -478,7 +478,9 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise UserError(f"{path}: recipe file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader) or {}
+    except _DuplicateKey as exc:
+        raise UserError(f"{path}:{exc}") from None
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f"{path}:{line + 1}" if line is not None else str(path)
@@ -488,6 +490,33 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     apply_overrides(raw, overrides)
     recipe = build_recipe(raw, source=str(path))
     return _resolve_paths(recipe, path.parent)
+
+
+class _DuplicateKey(Exception):
+    """A key given twice in one mapping; the message is `LINE: duplicate key ...`."""
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping. PyYAML has no option for
+    it and keeps the last value silently, so a second `lr:` or `train:` section further down
+    would quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            # merge keys (`<<: *defaults`) may be overridden by design; only scalars can repeat
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in first_lines:
+                raise _DuplicateKey(
+                    f"{line}: duplicate key '{key}' (first at line {first_lines[key]}); "
+                    "keep one of them"
+                )
+            first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def build_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -556,7 +585,20 @@ def _describe(error: dict[str, Any]) -> str:
         return message
     value = error.get("input")
     shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
-    return f"{key}: {message}{shown}"
+    hint = (
+        _closest_choice(value, error["ctx"]["expected"]) if error["type"] == "literal_error" else ""
+    )
+    return f"{key}: {message}{shown}{hint}"
+
+
+def _closest_choice(value: Any, expected: str) -> str:
+    """` (did you mean 'bf16'?)` when a string is close to one of the allowed values, which
+    pydantic lists as `'a', 'b' or 'c'`; case is ignored so `BF16` finds `bf16`."""
+    if not isinstance(value, str):
+        return ""
+    choices = {choice.lower(): choice for choice in re.findall(r"'([^']*)'", expected)}
+    close = difflib.get_close_matches(value.lower(), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{choices[close[0]]}'?)" if close else ""
 
 
 def _did_you_mean(loc: list[str]) -> str:

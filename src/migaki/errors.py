@@ -25,3 +25,14 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class Interrupted(BaseException):
+    """Training stopped on SIGINT or SIGTERM. A BaseException, as KeyboardInterrupt is, so that
+    no `except Exception` on the way swallows it; the CLI exits with 128 + the signal number.
+
+    `checkpoint` is the checkpoint written on the way out (None when nothing is resumable)."""
+
+    def __init__(self, signum: int, step: int, run_dir: object, checkpoint: object) -> None:
+        self.signum, self.step, self.run_dir, self.checkpoint = signum, step, run_dir, checkpoint
+        super().__init__(f"interrupted by signal {signum} at step {step}")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from migaki import integrity
 from migaki.config import Recipe, build_recipe
 from migaki.errors import UserError
 
@@ -64,11 +65,19 @@ def load_run_recipe(run_dir: str | Path) -> Recipe:
     return build_recipe(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))
 
 
-def final_dir(run_dir: str | Path) -> Path:
-    """A run's final/ folder; a run without one (training not finished) is the user's error."""
+def final_dir(run_dir: str | Path, verify: bool = False) -> Path:
+    """A run's final/ folder, checked against its files.json (sizes, and SHA-256 where cheap
+    or with `verify`). A run without one (training not finished) or with a damaged one is
+    the user's error, naming the file."""
     final = Path(run_dir) / "final"
     if not final.is_dir():
         raise UserError(f"{run_dir}: the run has no final/ yet (did training finish?)")
+    damaged = integrity.problems(final, verify)
+    if damaged:
+        raise UserError(
+            f"{final}: {'; '.join(damaged)}: the run's result is damaged; copy it again or "
+            "train the run again"
+        )
     return final
 
 

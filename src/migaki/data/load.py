@@ -1,16 +1,26 @@
 """Read rows from jsonl, json, csv, tsv, parquet and plain-text files, each row tagged with
 its line.
 
+A file compressed with gzip, bzip2, xz or zstd is recognised by its first bytes, whatever its
+name, and read as the format its name says without the compression suffix (`train.jsonl.gz`
+is jsonl). Text is UTF-8, or UTF-16/UTF-32 when the file starts with their byte-order mark.
 Every problem becomes a DataError naming the file and line, so a user can open the file at
 the right place; nothing is skipped silently.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import errno
+import gzip
 import hashlib
 import io
 import json
+import lzma
+import os
+import stat
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +30,14 @@ from migaki.errors import DataError
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 SUFFIXES |= {".tsv": "tsv", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 BOM = b"\xef\xbb\xbf"
+COMPRESSED_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+# Longest first: the UTF-32 little-endian mark starts with the UTF-16 little-endian one.
+UNICODE_BOMS = [
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+]
 
 
 @dataclass(frozen=True)
@@ -79,40 +97,168 @@ def scan_records(
 ) -> Scan:
     """Read what can be read and collect a DataError per unreadable row. `columns` names the
     columns of a csv/tsv file that has no header line; `text_unit` says whether a row of a
-    plain-text file is a paragraph (lines up to a blank line) or a line. A missing file or an
-    unknown file type still raises at once: there is nothing to scan."""
+    plain-text file is a paragraph (lines up to a blank line) or a line. A path that is not a
+    readable file, an unknown file type or a compressed file that cannot be decompressed still
+    raises at once: there is nothing to scan."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, None, "data file not found", "file_not_found")
-    kind = SUFFIXES.get(path.suffix.lower())
+    _check_path(path)
+    suffix = _format_suffix(path)
+    kind = SUFFIXES.get(suffix)
     if kind is None:
         known = ", ".join(sorted(SUFFIXES))
-        raise DataError(
-            path, None, f"unknown data file type '{path.suffix}' (use {known})", "file_type"
-        )
+        message = f"unknown data file type '{suffix}' (use {known})"
+        if not suffix:
+            message = f"unknown data file type: the name needs a suffix ({known}; then .gz if any)"
+        raise DataError(path, None, message, "file_type")
     if kind == "parquet":
         scan = Scan(_read_parquet(path), [], [])
     else:
-        raw = path.read_bytes()
-        notes = []
-        if raw.startswith(BOM):  # common in files saved by Excel; harmless
-            notes.append("byte-order mark at the start of the file (accepted)")
-            raw = raw[len(BOM) :]
-        if kind == "jsonl":
-            scan = _scan_jsonl(path, raw)
-        elif kind == "json":
-            scan = _scan_json(path, raw)
-        elif kind == "text":
-            scan = _scan_text(path, raw, text_unit)
-        else:
-            scan = _scan_delimited(path, raw, "\t" if kind == "tsv" else ",", columns)
-        scan.notes[:0] = notes
+        scan = _scan_text_file(path, kind, columns, text_unit)
     if not scan.records and not scan.problems:
         scan.problems.append(DataError(path, None, "the file holds no rows", "empty_file"))
     return scan
 
 
+def _scan_text_file(path: Path, kind: str, columns: list[str] | None, text_unit: str) -> Scan:
+    raw = _decompress(path, _read(path))
+    try:
+        raw, notes = _as_utf8(path, raw)
+    except DataError as problem:
+        return Scan([], [problem], [])
+    if raw.startswith(BOM):  # common in files saved by Excel; harmless
+        notes.append("byte-order mark at the start of the file (accepted)")
+        raw = raw[len(BOM) :]
+    if not raw.strip():
+        message = "the file is empty: it holds no rows"
+        if raw:
+            message = "the file holds no rows, only blank lines"
+        return Scan([], [DataError(path, None, message, "empty_file")], notes)
+    if kind == "jsonl":
+        scan = _scan_jsonl(path, raw)
+    elif kind == "json":
+        scan = _scan_json(path, raw)
+    elif kind == "text":
+        scan = _scan_text(path, raw, text_unit)
+    else:
+        scan = _scan_delimited(path, raw, "\t" if kind == "tsv" else ",", columns)
+    scan.notes[:0] = notes
+    return scan
+
+
+def _check_path(path: Path) -> None:
+    """Raise a DataError saying why `path` is not a file that can be read, if it is not."""
+    try:
+        mode = path.stat().st_mode
+    except PermissionError:
+        message = "no permission to reach the file (a folder above it may not be readable)"
+        raise DataError(path, None, message, "unreadable") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            message = "symbolic link loop (the link leads back to itself); point it at a file"
+            raise DataError(path, None, message, "file_not_found") from None
+        if path.is_symlink():
+            message = f"symbolic link to a missing file ({os.readlink(path)})"
+            raise DataError(path, None, message, "file_not_found") from None
+        raise DataError(path, None, "data file not found", "file_not_found") from None
+    if stat.S_ISDIR(mode):
+        message = "is a directory, not a data file (give a file inside it)"
+        raise DataError(path, None, message, "not_a_file")
+    if not stat.S_ISREG(mode):
+        message = "not a regular file (a pipe or a device?); give a data file"
+        raise DataError(path, None, message, "not_a_file")
+
+
+def _read(path: Path, size: int = -1) -> bytes:
+    """The first `size` bytes of the file (all with -1); a DataError says why they cannot."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except PermissionError:
+        message = "no permission to read the file (ls -l shows who may; chmod u+r FILE allows you)"
+        raise DataError(path, None, message, "unreadable") from None
+    except OSError as exc:
+        message = f"cannot read the file ({exc.strerror or exc})"
+        raise DataError(path, None, message, "unreadable") from None
+
+
+def _format_suffix(path: Path) -> str:
+    """The suffix that names the format: `.jsonl` for both `train.jsonl` and `train.jsonl.gz`."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix in COMPRESSED_SUFFIXES else suffix
+
+
+def _compression(head: bytes) -> str | None:
+    """The compression a file's first bytes announce, or None for an uncompressed file."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh") and head[3:4].isdigit() and head[3:4] != b"0":
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    return None
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    """`raw` decompressed if its first bytes say it is compressed, else `raw` itself."""
+    compression = _compression(raw[:6])
+    if compression is None:
+        return raw
+    if compression == "zstd":
+        return _decompress_zstd(path, raw)
+    module = {"gzip": gzip, "bzip2": bz2, "xz": lzma}[compression]
+    try:
+        return module.decompress(raw)
+    # each module raises its own types for a damaged or truncated stream
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as exc:
+        message = f"{compression}-compressed, but cannot be decompressed ({exc}); is it complete?"
+        raise DataError(path, None, message, "bad_file") from None
+
+
+def _decompress_zstd(path: Path, raw: bytes) -> bytes:
+    try:
+        import zstandard
+    except ImportError:
+        message = (
+            "zstd-compressed, and the zstandard package that reads it is not installed: "
+            f"decompress it first (zstd -d {path}) and give the decompressed file"
+        )
+        raise DataError(path, None, message, "compressed") from None
+    # frame by frame: a file may hold several (`cat a.zst b.zst`), and a frame written from a
+    # pipe carries no content size, so zstandard.decompress() would refuse it
+    decompressor, parts, rest = zstandard.ZstdDecompressor(), [], raw
+    try:
+        while rest:
+            frame = decompressor.decompressobj()
+            parts.append(frame.decompress(rest))
+            if not frame.eof:
+                raise zstandard.ZstdError("the data ends inside a frame")
+            rest = frame.unused_data
+    except zstandard.ZstdError as exc:
+        message = f"zstd-compressed, but cannot be decompressed ({exc}); is it complete?"
+        raise DataError(path, None, message, "bad_file") from None
+    return b"".join(parts)
+
+
+def _as_utf8(path: Path, raw: bytes) -> tuple[bytes, list[str]]:
+    """`raw` re-encoded as UTF-8 if a UTF-16 or UTF-32 byte-order mark starts it (each line
+    keeps its number), and the note saying so; else `raw` as it is."""
+    for bom, encoding in UNICODE_BOMS:
+        if not raw.startswith(bom):
+            continue
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+            message = f"not valid {encoding} ({exc.reason} at byte {exc.start})"
+            raise DataError(path, line, message, "invalid_encoding") from None
+        return text.encode("utf-8"), [f"{encoding} text (byte-order mark at the start), decoded"]
+    return raw, []
+
+
 def file_hash(path: str | Path) -> str:
+    """SHA-256 of the file's bytes as stored (compressed ones not decompressed), hex."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -261,8 +407,11 @@ def _scan_delimited(path: Path, raw: bytes, delimiter: str, columns: list[str] |
 def _read_parquet(path: Path) -> list[Record]:
     import pyarrow.parquet as pq
 
+    # an uncompressed file is read from disk, so pyarrow need not hold all its bytes twice
+    compressed = _compression(_read(path, 6)) is not None
+    source = io.BytesIO(_decompress(path, _read(path))) if compressed else path
     try:
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.read_table(source).to_pylist()
     except Exception as exc:  # pyarrow raises many types for a damaged file
         raise DataError(path, None, f"cannot read parquet ({exc})", "bad_file") from None
     return [Record(str(path), index, row) for index, row in enumerate(rows, start=1)]

@@ -30,7 +30,8 @@ class Validation:
 
     @property
     def rows(self) -> int:
-        return len(self.records) + len(self.problems)
+        # an empty file's one problem is about the file, not a row of it
+        return len(self.records) + sum(p.kind != "empty_file" for p in self.problems)
 
     def by_kind(self) -> Counter:
         return Counter(problem.kind for problem in self.problems)

@@ -36,6 +36,7 @@ def evaluate(
     write: bool = True,
     choice_prompt: ChoicePrompt | None = None,
     label_column: str | None = None,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a run (on its test split unless `data` is given) or any model (needs `data`).
 
@@ -48,6 +49,8 @@ def evaluate(
     is_run = rundir.is_run(target_path)
     recipe = rundir.load_run_recipe(target_path) if is_run else None
     task = task_for(recipe) if recipe is not None else None
+    if recipe is not None:
+        rundir.final_dir(target_path, verify)  # a damaged final/ is named before any load
     if label_column and data is None and is_run:  # a bare model without data fails below
         log.warning(
             "--label-column has no effect without --data: a run's own split files keep their "

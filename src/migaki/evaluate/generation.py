@@ -13,12 +13,14 @@ from migaki.rundir import is_run, load_run_recipe
 from migaki.tasks import check_generates
 
 
-def load_for_generation(target: str | Path, tuned: bool = True) -> LoadedModel:
+def load_for_generation(
+    target: str | Path, tuned: bool = True, verify: bool = False
+) -> LoadedModel:
     """`load_for_inference`, refusing a run whose task scores rather than generates (one line
     naming the run and the command that scores it)."""
     path = Path(target)
     check_generates(path, load_run_recipe(path) if is_run(path) else None)
-    return load_for_inference(path, tuned)
+    return load_for_inference(path, tuned, verify)
 
 
 @torch.no_grad()

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from migaki.config import Recipe
+from migaki.errors import UserError
 from migaki.methods import load_final
 from migaki.models.load import load_causal_lm, load_tokenizer, resolve
 from migaki.precision import choose_precision, inference_device
@@ -24,19 +26,32 @@ class LoadedModel:
     precision: str
 
 
-def load_for_inference(target: str | Path, tuned: bool = True) -> LoadedModel:
+def load_for_inference(target: str | Path, tuned: bool = True, verify: bool = False) -> LoadedModel:
     """A run directory (its final/ on top of its base) or any model migaki loads.
 
-    With `tuned=False` a run gives its base model, rendered the same way. Raises UserError
-    for a run without final/ or a model that cannot be found."""
+    With `tuned=False` a run gives its base model, rendered the same way; `verify` hashes
+    final/ whatever its size. Raises UserError for a run without final/ or with a damaged
+    one, or a model that cannot be found."""
     path = Path(target)
     recipe = load_run_recipe(path) if is_run(path) else None
+    final = final_dir(path, verify) if recipe is not None and tuned else None  # before loading
     source = resolve(recipe.model.base if recipe else str(target))
     tokenizer = load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)
     model = load_causal_lm(source)
-    if recipe is not None and tuned:
-        model = load_final(recipe.method.name, model, str(final_dir(path)))
+    if final is not None:
+        try:
+            model = load_final(recipe.method.name, model, str(final))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            # a final/ written before file manifests has nothing to check it against
+            raise UserError(
+                f"{final}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); the "
+                "run's result is damaged: copy it again or train the run again"
+            ) from None
     model.eval()
     device = inference_device()
     model.to(device)
     return LoadedModel(model, tokenizer, recipe, choose_precision("auto", device))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else "damaged"

@@ -1,13 +1,15 @@
 """Checkpoints for exact resume: trainable weights, optimizer, RNG states and the loop state.
 
 Each checkpoint is written to a temporary folder and renamed into place, so a run killed at
-any moment (even by SIGKILL) leaves only whole checkpoints behind. The data position needs no
-file of its own: batches are a pure function of (seed, step).
+any moment (even by SIGKILL) leaves only whole checkpoints behind; its files.json (sizes and
+SHA-256, written last) lets a resume find a checkpoint damaged since and fall back to an older
+one. The data position needs no file of its own: batches are a pure function of (seed, step).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -16,12 +18,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from migaki import integrity
 from migaki.errors import UserError
 from migaki.methods import load_trainable, save_trainable
 
+log = logging.getLogger(__name__)
+
 STATE_FILE = "trainer_state.json"
+REQUIRED = ("trainable.safetensors", "optimizer.pt", "rng.safetensors", STATE_FILE)
 
 
 @dataclass
@@ -70,6 +77,7 @@ def save_checkpoint(
     }
     (staging / STATE_FILE).write_text(json.dumps(payload))
     _fsync_dir(staging)
+    integrity.write_manifest(staging)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
@@ -78,11 +86,27 @@ def save_checkpoint(
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
-    folder = run_dir / "checkpoints"
-    done = (
-        [p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()] if folder.exists() else []
+    return max(_complete(run_dir), key=_step_of, default=None)
+
+
+def resumable_checkpoint(run_dir: Path, verify: bool = False) -> Path | None:
+    """The newest checkpoint whose files are intact (see `integrity.problems`), or None. Each
+    newer one that is damaged is named with what is wrong, and the one used is said."""
+    folders = run_dir / "checkpoints"
+    candidates = (
+        sorted(folders.glob("step-*"), key=_step_of, reverse=True) if folders.is_dir() else []
     )
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    skipped = []
+    for checkpoint in candidates:
+        found = integrity.problems(checkpoint, verify, REQUIRED) or _unreadable_state(checkpoint)
+        if not found:
+            for name, why in skipped:
+                log.warning("%s: %s; resuming from %s", name, why, checkpoint.name)
+            return checkpoint
+        skipped.append((f"checkpoints/{checkpoint.name}", "; ".join(found)))
+    for name, why in skipped:
+        log.warning("%s: %s", name, why)
+    return None
 
 
 def read_state(checkpoint: Path) -> LoopState:
@@ -91,9 +115,43 @@ def read_state(checkpoint: Path) -> LoopState:
     return LoopState(**loop)
 
 
+def _unreadable_state(checkpoint: Path) -> list[str]:
+    try:
+        read_state(checkpoint)
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"{STATE_FILE} unreadable"]
+    return []
+
+
+def _complete(run_dir: Path) -> list[Path]:
+    folder = run_dir / "checkpoints"
+    return (
+        [p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()] if folder.is_dir() else []
+    )
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.split("-")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def load_checkpoint(checkpoint: Path, model, optimizer, rank: int = 0) -> LoopState:
     """Restore weights, optimizer and this process's RNG states; return the loop state to
-    continue from."""
+    continue from. Raises UserError naming the file a damaged checkpoint fails in (one written
+    before file manifests, or damaged beyond what sizes show)."""
+    try:
+        return _load_checkpoint(checkpoint, model, optimizer, rank)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
+        raise UserError(
+            f"{checkpoint}: cannot be loaded ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'damaged'}); delete it to resume from "
+            "an older checkpoint"
+        ) from None
+
+
+def _load_checkpoint(checkpoint: Path, model, optimizer, rank: int) -> LoopState:
     load_trainable(model, str(checkpoint / "trainable.safetensors"))
     # weights_only: the optimizer file holds tensors and numbers only; never unpickle objects.
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
@@ -112,11 +170,7 @@ def load_checkpoint(checkpoint: Path, model, optimizer, rank: int = 0) -> LoopSt
 
 def prune_checkpoints(run_dir: Path, keep: int, best_step: int | None) -> None:
     """Keep the `keep` newest checkpoints and the best one; remove the rest."""
-    folder = run_dir / "checkpoints"
-    done = sorted(
-        (p for p in folder.glob("step-*") if (p / STATE_FILE).is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
+    done = sorted(_complete(run_dir), key=_step_of)
     for path in done[:-keep]:
         if best_step is None or path.name != f"step-{best_step}":
             shutil.rmtree(path, ignore_errors=True)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from migaki.config import TrainConfig
 from migaki.data.batches import epoch_batches
 from migaki.data.tokenize import TokenizedExample
-from migaki.errors import TrainingDiverged
+from migaki.errors import Interrupted, TrainingDiverged
 from migaki.methods.gradual import Unfreezing
 from migaki.metrics import (
     Collate,
@@ -34,12 +34,14 @@ from migaki.metrics import (
 )
 from migaki.train.checkpoint import (
     LoopState,
+    checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
     rng_snapshot,
     save_checkpoint,
 )
 from migaki.train.forgetting import ForgettingGuard
+from migaki.train.interrupt import StopSignals
 from migaki.train.schedule import learning_rate
 from migaki.train.tracking import MetricsLog
 
@@ -74,6 +76,7 @@ class LoopInputs:
     collate_fn: Collate
     unfreezing: Unfreezing | None = None
     guard: ForgettingGuard | None = None
+    stop: StopSignals | None = None
 
 
 @dataclass
@@ -101,6 +104,7 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
     stopped_early = stopped_forgetting = False
     lengths = [len(row.input_ids) for row in train_rows]
     batches_of_epoch: dict[int, list[list[int]]] = {}
+    _stop_if_signalled(inputs, state, saved=latest_checkpoint(inputs.run_dir))
     if state.step == 0 and val_rows and plan.eval_every:
         # Before any update: every run's metrics show where validation started.
         _validate(inputs, state, None)
@@ -124,6 +128,7 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         )
         mean_loss = step_loss / step_tokens
         if not math.isfinite(mean_loss):
+            progress.close()
             raise TrainingDiverged(_divergence_message(mean_loss, state.step + 1, inputs.run_dir))
         if unfreezing is not None:
             unfreezing.drop_waiting_gradients(state.step)
@@ -164,7 +169,8 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
             evaluated = True
         improved = evaluated and state.best_step == state.step
         stopped = stopped_early or stopped_forgetting
-        due = state.step % plan.save_every == 0 or improved or is_last or stopped
+        signalled = inputs.stop.agreed(accelerator) if inputs.stop is not None else None
+        due = state.step % plan.save_every == 0 or improved or is_last or stopped or signalled
         if due:
             rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
             if accelerator.is_main_process:
@@ -182,8 +188,21 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
             break
         if stopped_forgetting:
             break  # the guard logged why; final/ is written as after early stopping
+        if signalled and not is_last:  # the checkpoint of this step was just written
+            progress.close()  # its last line before the message that follows
+            saved = checkpoint_dir(inputs.run_dir, state.step)
+            raise Interrupted(signalled, state.step, inputs.run_dir, saved)
     progress.close()
     return FitResult(state, stopped_early, stopped_forgetting)
+
+
+def _stop_if_signalled(inputs: LoopInputs, state: LoopState, saved: Path | None) -> None:
+    """Before the first step: raise Interrupted when a process received SIGINT or SIGTERM
+    while the run was set up; `saved` is the checkpoint that holds the run so far (the one
+    it resumed from), if any."""
+    signum = inputs.stop.agreed(inputs.accelerator) if inputs.stop is not None else None
+    if signum:
+        raise Interrupted(signum, state.step, inputs.run_dir, saved)
 
 
 def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn):

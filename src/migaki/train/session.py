@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,11 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
-from migaki import models
+from migaki import integrity, models
 from migaki.config import Recipe
 from migaki.data import Splits, load_splits, write_split
 from migaki.data.replay import mix_replay
-from migaki.errors import UserError
+from migaki.errors import Interrupted, UserError
 from migaki.methods import (
     apply_method,
     count_parameters,
@@ -40,7 +41,9 @@ from migaki.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     read_state,
+    resumable_checkpoint,
 )
+from migaki.train.interrupt import StopSignals
 from migaki.train.loop import FitResult, LoopInputs, StepPlan, fit
 from migaki.train.schedule import warmup_steps
 from migaki.train.tracking import MetricsLog
@@ -54,9 +57,25 @@ def train(
     resume: bool = False,
     force: bool = False,
     name: str = "run",
+    verify: bool = False,
 ) -> Path:
-    """Run a recipe and return the run directory. Raises UserError for problems a user can fix
-    (recipe, data, model, a resume that does not match its checkpoint)."""
+    """Run a recipe and return the run directory (`verify`: a resume hashes every checkpoint
+    file, however large). Raises UserError for problems a user can fix
+    (recipe, data, model, a resume that does not match its checkpoint), and Interrupted when
+    SIGINT or SIGTERM stopped it (after a checkpoint; manifest status `interrupted`)."""
+    with StopSignals() as stop:
+        return _train(recipe, out, resume, force, name, verify, stop)
+
+
+def _train(
+    recipe: Recipe,
+    out: str | Path | None,
+    resume: bool,
+    force: bool,
+    name: str,
+    verify: bool,
+    stop: StopSignals,
+) -> Path:
     task = task_for(recipe)  # before anything loads: the recipe suits its task
     recipe, init = continual.prepare(recipe, task)  # a whole-model init_from becomes model.base
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -65,7 +84,7 @@ def train(
     _announce_processes(accelerator, recipe)
     # the main process names the run (a timestamp), so every process writes to the same place
     run_dir = Path(broadcast_object_list([str(out or new_run_dir(recipe.name or name))])[0])
-    checkpoint = _check_run_dir(run_dir, resume)
+    checkpoint = _check_run_dir(run_dir, resume, verify)
     accelerator.wait_for_everyone()  # every process checks before the main one writes
     set_seed(recipe.train.seed)
 
@@ -119,6 +138,7 @@ def train(
         task.collate(recipe, data.tokenizer.pad_token_id, device),
         unfreezing,
         guard,
+        stop,
     )
     result = _fit_recording_failure(inputs, state, run_dir)
     if accelerator.is_main_process:
@@ -233,9 +253,21 @@ def _write_run_start(run_dir: Path, recipe: Recipe, splits: Splits) -> None:
 
 
 def _fit_recording_failure(inputs: LoopInputs, state: LoopState, run_dir: Path) -> FitResult:
-    """`fit`, with a failure recorded in the manifest before it propagates."""
+    """`fit`, with a failure or a signal recorded in the manifest before it propagates."""
     try:
         return fit(inputs, state)
+    except Interrupted as exc:
+        exc.run_dir, exc.step = run_dir, state.step
+        exc.checkpoint = exc.checkpoint or latest_checkpoint(run_dir)  # a second signal's
+        if inputs.accelerator.is_main_process:
+            update_manifest(
+                run_dir,
+                status="interrupted",
+                interrupted={"signal": signal.Signals(exc.signum).name, "step": state.step},
+                resumable=str(exc.checkpoint) if exc.checkpoint else None,
+                peak_memory_mb=peak_memory_mb(),
+            )
+        raise
     except BaseException as exc:
         if inputs.accelerator.is_main_process:
             update_manifest(
@@ -358,12 +390,15 @@ def plan_steps(num_rows: int, recipe: Recipe) -> StepPlan:
     )
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to mix the two."""
+def _check_run_dir(run_dir: Path, resume: bool, verify: bool = False) -> Path | None:
+    """The checkpoint to resume from (the newest intact one), or None for a fresh run; refuses
+    to mix the two."""
     if resume:
-        checkpoint = latest_checkpoint(run_dir)
+        checkpoint = resumable_checkpoint(run_dir, verify)
         if checkpoint is None:
-            raise UserError(f"{run_dir}: nothing to resume (no complete checkpoint)")
+            damaged = any((run_dir / "checkpoints").glob("step-*"))
+            why = "every checkpoint is damaged (see above)" if damaged else "no checkpoint"
+            raise UserError(f"{run_dir}: nothing to resume ({why}); train again without --resume")
         return checkpoint
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(
@@ -432,6 +467,7 @@ def _save_final(
         # PEFT adapters do not carry the base config; the label map travels beside them.
         names = [labels[i] for i in range(len(labels))]
         (staging / "labels.json").write_text(json.dumps(names, ensure_ascii=False))
+    integrity.write_manifest(staging)  # last: a final/ that has it is whole
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
