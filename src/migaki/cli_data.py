@@ -146,18 +146,21 @@ def _validate(args: argparse.Namespace) -> int:
     return 2 if check.problems else 0
 
 
-def _tokenizer(name: str, trust_remote_code: bool = False):
+def _tokenizer(name: str, recipe: Recipe | None = None):
+    """The tokenizer of model `name`, with the recipe's model settings (its chat template)."""
     # migaki.models loads torch and transformers (seconds); only the options that count
     # tokens need them, so the data commands stay quick without.
     from migaki import models
 
-    return models.load_tokenizer(models.resolve(name), trust_remote_code)
+    if recipe is not None and name == recipe.model.base:
+        return models.recipe_tokenizer(recipe.model)
+    return models.load_tokenizer(models.resolve(name))
 
 
 def _length_check(recipe, data, max_length: int | None):
     if recipe is None:
         raise UserError("--max-length needs a tokenizer: give --recipe")
-    tokenizer = _tokenizer(recipe.model.base, recipe.model.trust_remote_code)
+    tokenizer = _tokenizer(recipe.model.base, recipe)
 
     def count(example) -> int:
         return rendered_length(example, tokenizer, data)
@@ -173,7 +176,7 @@ def _prepare(args: argparse.Namespace) -> None:
     if needs_tokens:
         if recipe is None:
             raise UserError("token bounds in data.clean.filter need --recipe (its tokenizer)")
-        tokenizer = _tokenizer(recipe.model.base)
+        tokenizer = _tokenizer(recipe.model.base, recipe)
     seed = recipe.train.seed if recipe else 0
     prepared = prepare_data(
         data,
@@ -201,7 +204,7 @@ def _report(args: argparse.Namespace) -> None:
     recipe, data = _data_config(args)
     tokenizer, name = None, args.model or (recipe.model.base if recipe else None)
     if name:
-        tokenizer = _tokenizer(name)
+        tokenizer = _tokenizer(name, recipe)
     report = profile_file(
         args.file, data, data.clean or CleanConfig(), tokenizer=tokenizer, tokenizer_name=name
     )

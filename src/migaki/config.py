@@ -42,6 +42,12 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel used for training and inference."
     )
+    chat_template: str | None = Field(
+        None,
+        description="A named chat template (chatml, gemma, llama3) or a Jinja file, for "
+        "models that ship none or the wrong one; its end-of-turn token is trained and stops "
+        "generation.",
+    )
 
 
 class SplitConfig(Section):
@@ -562,7 +568,7 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     cfg = recipe.train
     holders = [(recipe.data, "train"), (recipe.data, "val"), (recipe.data, "test")]
     holders += [(cfg, "init_from"), (cfg.replay, "data"), (cfg.forgetting, "data")]
-    holders += [(recipe.distill, "teacher")]
+    holders += [(recipe.distill, "teacher"), (recipe.model, "chat_template")]
     for holder, key in holders:
         value = getattr(holder, key, None) if holder is not None else None
         if value and not Path(value).is_absolute() and not Path(value).exists():

@@ -48,9 +48,7 @@ def diagnose(recipe: Recipe, samples: int = 3, color: bool = False) -> Diagnosis
     task = task_for(recipe)  # a recipe its task refuses is a user error before any file
     if not _validate_files(recipe, report):
         return report
-    tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=task.chat
-    )
+    tokenizer = models.recipe_tokenizer(recipe.model, chat=task.chat)
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     report.say("cleaning and split:")
     for step in splits.steps or []:

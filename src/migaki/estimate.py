@@ -68,9 +68,7 @@ def _count_tokens(recipe: Recipe) -> tuple[int, int, int]:
     """(real tokens, labelled tokens, rows) of one epoch of the training split, tokenized as
     the recipe's task trains on it (pairs count both sequences; labelled counts rows there)."""
     task = task_for(recipe)
-    tokenizer = models.load_tokenizer(
-        models.resolve(recipe.model.base), recipe.model.trust_remote_code, chat=task.chat
-    )
+    tokenizer = models.recipe_tokenizer(recipe.model, chat=task.chat)
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     rows = task.tokenize(splits, tokenizer, recipe, task.labels(recipe, splits))["train"]
     return sum(len(r.input_ids) for r in rows), sum(r.trainable_tokens for r in rows), len(rows)

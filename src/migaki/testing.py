@@ -26,9 +26,11 @@ CORPUS = [
 
 
 def build_tiny_model(
-    out: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0
+    out: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0, gemma_like: bool = False
 ) -> Path:
-    """Write a tiny random Llama and its tokenizer to `out` (a Hugging Face folder)."""
+    """Write a tiny random Llama and its tokenizer to `out` (a Hugging Face folder).
+    `gemma_like`: Gemma's special tokens (`<bos>`, `<eos>`, `<start_of_turn>`,
+    `<end_of_turn>`) and no chat template, as the pre-trained Gemma 3 ships."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -37,20 +39,22 @@ def build_tiny_model(
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    if gemma_like:
+        specials = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+        roles = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        roles = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
+        roles["pad_token"] = "<|endoftext|>"
     trainer = trainers.BpeTrainer(
         vocab_size=512,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(CORPUS * 4, trainer)
-    hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-    )
-    hf_tokenizer.chat_template = CHATML
+    hf_tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=None, **roles)
+    if not gemma_like:
+        hf_tokenizer.chat_template = CHATML
     hf_tokenizer.save_pretrained(out)
     config = LlamaConfig(
         vocab_size=len(hf_tokenizer),

@@ -8,6 +8,7 @@ import torch
 
 from migaki.data.tokenize import render_prompt
 from migaki.models.inference import LoadedModel, load_for_inference
+from migaki.models.templates import end_of_turn_ids
 from migaki.precision import autocast
 from migaki.rundir import is_run, load_run_recipe
 from migaki.tasks import check_generates
@@ -32,8 +33,10 @@ def generate_answers(
     temperature: float = 0.0,
 ) -> list[tuple[str, bool]]:
     """Answers to each conversation (greedy when temperature is 0) and whether the model
-    ended its turn by itself (rather than hitting max_new_tokens)."""
+    ended its turn by itself (rather than hitting max_new_tokens): at the chat template's
+    end-of-turn token, or EOS."""
     tokenizer, model = loaded.tokenizer, loaded.model
+    stops = end_of_turn_ids(tokenizer)
     system_prompt = loaded.recipe.data.system_prompt if loaded.recipe else None
     prompts = [render_prompt(tokenizer, messages, system_prompt) for messages in conversations]
     device = next(model.parameters()).device
@@ -56,13 +59,14 @@ def generate_answers(
                 top_p=None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stops[0] if len(stops) == 1 else stops,
             )
         for row in output[:, encoded["input_ids"].shape[1] :]:
             ids = row.tolist()
-            stopped = tokenizer.eos_token_id in ids
+            end = next((i for i, token in enumerate(ids) if token in stops), None)
+            stopped = end is not None
             if stopped:
-                ids = ids[: ids.index(tokenizer.eos_token_id)]
+                ids = ids[:end]
             # a cut at max_new_tokens can split a multi-byte character; drop the broken tail
             text = tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd")
             results.append((text, stopped))

@@ -97,7 +97,9 @@ def evaluate_reward_pairs(
     """A reward model's scores of each pair's two conversations: the pairwise loss, mean scores,
     their margin and `pref_accuracy`, as its validation computes them."""
     source = models.resolve(recipe.model.base)
-    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(
+        source, recipe.model.trust_remote_code, chat_template=recipe.model.chat_template
+    )
     model = load_classifier(target, recipe, ["reward"], tokenizer.pad_token_id)
     device = inference_device()
     model.to(device)

@@ -6,6 +6,7 @@ from migaki.models.load import (
     load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
+    recipe_tokenizer,
     resolve,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "load_sequence_classifier",
     "load_tokenizer",
     "pull",
+    "recipe_tokenizer",
     "resolve",
 ]

@@ -36,7 +36,12 @@ def load_for_inference(target: str | Path, tuned: bool = True, verify: bool = Fa
     recipe = load_run_recipe(path) if is_run(path) else None
     final = final_dir(path, verify) if recipe is not None and tuned else None  # before loading
     source = resolve(recipe.model.base if recipe else str(target))
-    tokenizer = load_tokenizer(source, recipe.model.trust_remote_code if recipe else False)
+    model_config = recipe.model if recipe else None
+    tokenizer = load_tokenizer(
+        source,
+        model_config.trust_remote_code if model_config else False,
+        chat_template=model_config.chat_template if model_config else None,
+    )
     model = load_causal_lm(source)
     if final is not None:
         try:

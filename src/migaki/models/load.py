@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from migaki.config import ModelConfig
 from migaki.errors import UserError
-from migaki.models import bundled
+from migaki.models import bundled, templates
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +96,33 @@ def _file_key(path: Path) -> str:
     return f"{path.stem}-{digest.hexdigest()[:16]}"
 
 
-def load_tokenizer(source: ModelSource, trust_remote_code: bool = False, chat: bool = True):
-    """The tokenizer, with a pad token (the EOS token where the model defines none). `chat`:
-    the task renders conversations, so the tokenizer must have a chat template."""
+def load_tokenizer(
+    source: ModelSource,
+    trust_remote_code: bool = False,
+    chat: bool = True,
+    chat_template: str | None = None,
+):
+    """The tokenizer, with a pad token (the EOS token where the model defines none), and
+    `chat_template` (a name or a Jinja file; `model.chat_template`) in place of its own, or
+    the template a bundled alias declares when it ships none. `chat`: the task renders
+    conversations, so the tokenizer must have a chat template."""
     tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    declared = getattr(bundled.BUNDLED.get(source.name), "chat_template", None)
+    if chat_template or (declared and not getattr(tokenizer, "chat_template", None)):
+        templates.apply_template(tokenizer, chat_template or declared, source.name)
     if chat and not getattr(tokenizer, "chat_template", None):
         raise UserError(
-            f"{source.name}: the tokenizer has no chat template; instruction tuning (task sft) "
-            "needs a chat model"
+            f"{source.name}: the tokenizer has no chat template; set model.chat_template "
+            f"({', '.join(templates.TEMPLATES)} or a Jinja file) to render conversations"
         )
     return tokenizer
+
+
+def recipe_tokenizer(model: ModelConfig, chat: bool = True):
+    """The tokenizer of `model.base` as a recipe's model section asks for it."""
+    return load_tokenizer(resolve(model.base), model.trust_remote_code, chat, model.chat_template)
 
 
 def load_causal_lm(

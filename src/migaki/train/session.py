@@ -179,7 +179,10 @@ def _prepare_data(
     """Load, clean, split and tokenize the data as the task reads it (with replay rows and the
     forgetting guard's reference set); a resume must find the data it was trained on."""
     source = models.resolve(recipe.model.base)
-    tokenizer = models.load_tokenizer(source, recipe.model.trust_remote_code, chat=task.chat)
+    model = recipe.model
+    tokenizer = models.load_tokenizer(
+        source, model.trust_remote_code, task.chat, model.chat_template
+    )
     setup = task.setup(recipe, tokenizer)
     splits = load_splits(recipe.data, recipe.train.seed, tokenizer)
     for step in splits.steps:
