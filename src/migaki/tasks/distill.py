@@ -39,7 +39,7 @@ def load_teacher(recipe: Recipe, tokenizer) -> torch.nn.Module:
     name = recipe.distill.teacher
     run = run_of(name)
     if run is None:
-        source = models.resolve(name)
+        source = models.resolve(name, recipe.model.accept_license)
         _check_teacher_vocab(
             models.load_tokenizer(source, recipe.model.trust_remote_code), tokenizer, recipe
         )

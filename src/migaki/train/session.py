@@ -178,7 +178,7 @@ def _prepare_data(
 ) -> RunData:
     """Load, clean, split and tokenize the data as the task reads it (with replay rows and the
     forgetting guard's reference set); a resume must find the data it was trained on."""
-    source = models.resolve(recipe.model.base)
+    source = models.resolve(recipe.model.base, recipe.model.accept_license)
     model = recipe.model
     tokenizer = models.load_tokenizer(
         source, model.trust_remote_code, task.chat, model.chat_template
