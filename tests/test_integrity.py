@@ -250,3 +250,22 @@ def test_verify_hashes_a_final_too_large_to_hash_by_default(straight, capsys, mo
     code, _, err = run_cli(capsys, "generate", straight, "--prompt", "hi", "--verify")
     assert code == 2
     assert "adapter_model.safetensors changed since it was written (SHA-256 differs)" in err
+
+
+def test_an_intact_folder_is_hashed_once_until_a_file_changes(straight, monkeypatch):
+    final = straight / "final"
+    calls = []
+    real = integrity._sha256
+    monkeypatch.setattr(integrity, "_sha256", lambda path: calls.append(path) or real(path))
+    integrity._HASHED.pop(final.resolve(), None)
+    assert integrity.problems(final) == [] and integrity.problems(final, verify=True) == []
+    hashed_once = len(calls)
+    assert hashed_once == len(json.loads((final / integrity.FILES).read_text())["files"])
+    weights = final / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))  # same size, new mtime: hashed again, and found
+    assert integrity.problems(final) == [
+        "adapter_model.safetensors changed since it was written (SHA-256 differs)"
+    ]
+    assert len(calls) > hashed_once

@@ -14,6 +14,10 @@ from pathlib import Path
 
 FILES = "files.json"
 CHEAP_BYTES = 2 * 2**30  # hashing runs at about 1-2 GB/s: below this it costs little
+# Folders this process hashed and found intact, with the size and mtime of every file then:
+# eval, the model loader and the classifier loader all check one final/, and rehashing a
+# large one each time would cost seconds for nothing.
+_HASHED: dict[Path, tuple] = {}
 
 
 def write_manifest(folder: Path) -> None:
@@ -42,7 +46,8 @@ def problems(folder: Path, verify: bool = False, required: tuple[str, ...] = ())
         return [f"{name} missing" for name in required if not (folder / name).is_file()]
     found = []
     total = sum(entry["bytes"] for entry in listed.values())
-    hashing = verify or total <= CHEAP_BYTES
+    stamp = _stamp(folder, listed)
+    hashing = (verify or total <= CHEAP_BYTES) and _HASHED.get(folder.resolve()) != stamp
     for name, entry in sorted(listed.items()):
         path = folder / name
         if not path.is_file():
@@ -53,7 +58,20 @@ def problems(folder: Path, verify: bool = False, required: tuple[str, ...] = ())
             )
         elif hashing and _sha256(path) != entry["sha256"]:
             found.append(f"{name} changed since it was written (SHA-256 differs)")
+    if hashing and not found:
+        _HASHED[folder.resolve()] = stamp
     return found
+
+
+def _stamp(folder: Path, listed: dict[str, dict]) -> tuple | None:
+    """(name, size, mtime) of every listed file, or None when one is missing."""
+    try:
+        return tuple(
+            (name, (folder / name).stat().st_size, (folder / name).stat().st_mtime_ns)
+            for name in sorted(listed)
+        )
+    except OSError:
+        return None
 
 
 def _read(folder: Path) -> dict[str, dict] | None:

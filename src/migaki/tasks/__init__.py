@@ -89,10 +89,9 @@ def _key_problems(recipe: Recipe, task: Task) -> list[str]:
     """Keys that only other tasks read, set away from their defaults, and the forgetting
     guard on a task that does not train the causal-LM loss it measures."""
     problems = []
-    defaults = Recipe.model_validate({"model": {"base": "-"}, "data": {"train": "-"}})
     for other in TASKS.values():
         for key in other.keys:
-            if other is not task and _value(recipe, key) != _value(defaults, key):
+            if other is not task and _value(recipe, key) != _default(key):
                 problems.append(f"{key} applies to task {other.name} only (not {task.name})")
     forgetting = recipe.train.forgetting
     if forgetting is not None and not task.language_modelling:
@@ -102,6 +101,12 @@ def _key_problems(recipe: Recipe, task: Task) -> list[str]:
             f"which task {task.name} does not train; use it with task {measured}"
         )
     return problems
+
+
+def _default(key: str):
+    """The schema's default of a dotted key (`preference.sft_weight`)."""
+    section, field = key.split(".")
+    return getattr(Recipe.model_fields[section].default_factory(), field)
 
 
 def _value(recipe: Recipe, key: str):
