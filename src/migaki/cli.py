@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compare base vs tuned on the held-out test split.",
     )
     quick.add_argument("--out", help="run directory (default runs/quickstart-TIME)")
+    quick.add_argument(
+        "--minutes",
+        type=_minutes,
+        default=8.0,
+        help="time for the whole quickstart: training takes as many steps as fit (default 8; "
+        "0: the recipe's whole schedule)",
+    )
     _overrides_argument(quick)
     quick.set_defaults(handler="quickstart")
 
@@ -180,6 +187,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mod.set_defaults(handler="models")
     return parser
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of minutes (0 or more)")
+    return value
 
 
 def _overrides_argument(parser: argparse.ArgumentParser) -> None:

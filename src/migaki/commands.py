@@ -23,7 +23,7 @@ from migaki.train import train as run_training
 
 
 def quickstart(args: argparse.Namespace) -> None:
-    report = run_quickstart(out=args.out, overrides=args.overrides)
+    report = run_quickstart(out=args.out, overrides=args.overrides, minutes=args.minutes)
     print(report.table())
 
 

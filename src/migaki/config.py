@@ -372,6 +372,14 @@ class TrainConfig(Section):
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Time budget of the whole run, from the command's start: the first steps are "
+            "timed and the step count becomes what fits (the schedule ends there); null: none."
+        ),
+    )
     eval_every: int | None = Field(
         None, ge=1, description="Validate every N steps; null: about 10 times per run."
     )

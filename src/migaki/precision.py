@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -66,7 +67,12 @@ def inference_device() -> torch.device:
 
 def cpu_bf16_is_faster() -> bool:
     """Whether a bf16 matmul beats fp32 by a clear margin on this CPU (measured, cached)."""
-    key = f"{_cpu_model()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    # the instruction sets torch and oneDNN may use are part of the key: capped ones
+    # (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA) make another machine of the same CPU
+    isa = f"{torch.backends.cpu.get_cpu_capability()} {os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"
+    key = (
+        f"{_cpu_model()}|{isa.strip()}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    )
     path = cache_root() / "hardware.json"
     try:
         known = json.loads(path.read_text())

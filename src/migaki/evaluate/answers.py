@@ -11,6 +11,7 @@ from typing import Any
 
 from migaki.data import Example, tokenize_all
 from migaki.data.batches import collate
+from migaki.data.heuristics import language_of
 from migaki.evaluate.choices import is_choice_example, score_choices
 from migaki.evaluate.generation import generate_answers
 from migaki.metrics import evaluate_rows, summarize
@@ -69,7 +70,22 @@ def language_model_metrics(loaded: LoadedModel, examples: list[Example]) -> dict
 def answer_metrics(examples: list[Example], answers: list[tuple[str, bool]]) -> dict[str, float]:
     """fact_accuracy: share of answers stating every fact of the row (rows with `facts`);
     char_f1: character-bigram F1 against the reference, fair to Japanese and English alike;
-    stopped: share of answers that ended their turn by themselves."""
+    stopped: share of answers that ended their turn by themselves. When the rows mix languages
+    (by the reference's script), each figure again per language: `fact_accuracy_ja`, ...,
+    with `rows_ja`, `rows_en`."""
+    metrics = _answer_figures(examples, answers)
+    by_language: dict[str, list[int]] = {}
+    for index, example in enumerate(examples):
+        by_language.setdefault(language_of(example.reference), []).append(index)
+    if len(by_language) > 1:
+        for language, indices in sorted(by_language.items()):
+            part = _answer_figures([examples[i] for i in indices], [answers[i] for i in indices])
+            metrics |= {f"{key}_{language}": value for key, value in part.items()}
+            metrics[f"rows_{language}"] = len(indices)
+    return metrics
+
+
+def _answer_figures(examples: list[Example], answers: list[tuple[str, bool]]) -> dict[str, float]:
     with_facts = [
         (e, a) for e, (a, _) in zip(examples, answers, strict=True) if e.meta.get("facts")
     ]

@@ -30,6 +30,8 @@ PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT mod
 PEFT_METHODS = (*SWITCHABLE, *PROMPT_LEARNING)
 ADAPTER_METHODS = (*PEFT_METHODS, "adapter")  # final/ holds an adapter, not a whole model
 WHOLE_WEIGHTS = ("full", "freeze", "gradual")  # train the model's own weights (no adapter)
+# adapters folded into the base weights exactly (a 4-bit base would be rounded again: qlora not)
+MERGEABLE = ("lora", "dora", "ia3")
 
 
 def apply_method(
@@ -47,6 +49,15 @@ def apply_method(
 
 def load_final(name: str, base: torch.nn.Module, final_dir: str) -> torch.nn.Module:
     return METHODS[name].load_final(base, final_dir)
+
+
+def merged(name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with a mergeable adapter folded into its base weights: the same function, run
+    as plain linear layers (faster to generate with, and what an export writes). Other
+    methods' models are returned as they are."""
+    if name in MERGEABLE and hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
 
 
 def save_final(name: str, model: torch.nn.Module, directory: str) -> None:

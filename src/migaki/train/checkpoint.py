@@ -43,6 +43,8 @@ class LoopState:
     val_history: list[tuple[int, float, float]] = field(default_factory=list)  # step, val, train
     recipe_fingerprint: str = ""
     data_hashes: dict[str, str] = field(default_factory=dict)
+    planned_steps: int | None = None  # the step count train.max_minutes chose, if it did
+    elapsed_s: float = 0.0  # wall time of the run up to this state, earlier processes included
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

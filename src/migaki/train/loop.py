@@ -7,6 +7,7 @@ early stopping / overfitting alarm -> checkpoint. Helpers for each concern sit b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import broadcast_object_list, gather_object
 from tqdm import tqdm
 
 from migaki.config import TrainConfig
@@ -32,6 +33,7 @@ from migaki.metrics import (
     summarize,
     to_device,
 )
+from migaki.train.budget import TimeBudget
 from migaki.train.checkpoint import (
     LoopState,
     checkpoint_dir,
@@ -42,7 +44,7 @@ from migaki.train.checkpoint import (
 )
 from migaki.train.forgetting import ForgettingGuard
 from migaki.train.interrupt import StopSignals
-from migaki.train.schedule import learning_rate
+from migaki.train.schedule import learning_rate, warmup_steps
 from migaki.train.tracking import MetricsLog
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,8 @@ class LoopInputs:
     """What the loop trains with. `objective` is the prepared loss module (a task's objective,
     maybe wrapped for DDP): its forward returns LossParts. `unfreezing` (method gradual) scales
     the learning rate and holds back waiting weights; `guard` (train.forgetting) measures a
-    reference loss with each validation and may stop the run."""
+    reference loss with each validation and may stop the run; `budget` (train.max_minutes)
+    sets the step count to what fits in the time."""
 
     objective: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -77,6 +80,7 @@ class LoopInputs:
     unfreezing: Unfreezing | None = None
     guard: ForgettingGuard | None = None
     stop: StopSignals | None = None
+    budget: TimeBudget | None = None
 
 
 @dataclass
@@ -91,7 +95,14 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
     process runs this same function on its share of each step."""
     model, optimizer, accelerator = inputs.objective, inputs.optimizer, inputs.accelerator
     train_rows, val_rows, cfg, plan = inputs.train_rows, inputs.val_rows, inputs.cfg, inputs.plan
-    unfreezing, guard, metrics = inputs.unfreezing, inputs.guard, inputs.metrics
+    unfreezing, guard, metrics, budget = (
+        inputs.unfreezing,
+        inputs.guard,
+        inputs.metrics,
+        inputs.budget,
+    )
+    if budget is not None and state.planned_steps is not None:  # a resume keeps what it chose
+        plan = _replanned(plan, state.planned_steps, cfg)
     progress = tqdm(
         total=plan.total_steps,
         initial=state.step,
@@ -138,6 +149,8 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        if budget is not None:
+            budget.step_done(state.step)
         real_tokens = sum(lengths[i] for i in indices)  # no padding, all processes
         state.tokens_seen += real_tokens
         tokens_per_s = real_tokens / max(time.perf_counter() - step_start, 1e-9)
@@ -158,9 +171,12 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
                 **preference_metrics(step_extras, step_extras.get("correct", 0), step_tokens),
             )
 
-        is_last = state.step == plan.total_steps
+        validating = bool(val_rows and plan.eval_every and state.step % plan.eval_every == 0)
+        if budget is not None:
+            plan = _fit_budget(inputs, state, plan, validating, progress)
+        is_last = state.step >= plan.total_steps
         evaluated = False
-        if val_rows and plan.eval_every and (state.step % plan.eval_every == 0 or is_last):
+        if val_rows and plan.eval_every and (validating or is_last):
             train_loss = window_loss / max(window_tokens, 1)
             window_loss, window_tokens = 0.0, 0
             stopped_early = _validate(inputs, state, train_loss)
@@ -172,6 +188,8 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         signalled = inputs.stop.agreed(accelerator) if inputs.stop is not None else None
         due = state.step % plan.save_every == 0 or improved or is_last or stopped or signalled
         if due:
+            if budget is not None:
+                state.elapsed_s = budget.elapsed()
             rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
             if accelerator.is_main_process:
                 bare = accelerator.unwrap_model(model).model
@@ -194,6 +212,55 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
             raise Interrupted(signalled, state.step, inputs.run_dir, saved)
     progress.close()
     return FitResult(state, stopped_early, stopped_forgetting)
+
+
+def _fit_budget(
+    inputs: LoopInputs, state: LoopState, plan: StepPlan, validating: bool, progress: tqdm
+) -> StepPlan:
+    """The plan with as many steps as fit in train.max_minutes: estimated once the first steps
+    are timed and again before each validation; the run ends at this step once the time is
+    spent. The main process decides, so every process ends at the same step."""
+    budget = inputs.budget
+    fits = None
+    if budget.exhausted():
+        fits = state.step
+    elif budget.due(state.step, validating):
+        most = inputs.plan.total_steps  # the recipe's own count
+        fits = budget.fitting_steps(state.step, most, plan.eval_every, validating)
+    fits = broadcast_object_list([fits])[0] if inputs.accelerator.num_processes > 1 else fits
+    if fits is None or fits == plan.total_steps:
+        return plan
+    minutes = budget.seconds / 60
+    if fits == state.step:
+        log.info("time budget (%.1f min) spent: the run ends at step %d", minutes, fits)
+    else:
+        log.info(
+            "time budget %.1f min: %d of the recipe's %d steps fit (%.1f min spent)",
+            minutes,
+            fits,
+            inputs.plan.total_steps,
+            budget.elapsed() / 60,
+        )
+    inputs.metrics.write(
+        step=state.step,
+        event="time_budget",
+        steps=fits,
+        recipe_steps=inputs.plan.total_steps,
+        elapsed_s=round(budget.elapsed(), 1),
+    )
+    state.planned_steps = fits
+    progress.total = fits
+    progress.refresh()
+    return _replanned(plan, fits, inputs.cfg)
+
+
+def _replanned(plan: StepPlan, total: int, cfg: TrainConfig) -> StepPlan:
+    """`plan` ending at step `total`; a warm-up given as a share shrinks with it."""
+    return dataclasses.replace(
+        plan,
+        total_steps=total,
+        warmup_steps=min(plan.warmup_steps, warmup_steps(cfg.warmup, total)),
+    )
 
 
 def _stop_if_signalled(inputs: LoopInputs, state: LoopState, saved: Path | None) -> None:
@@ -255,6 +322,8 @@ def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) ->
     takes the same decision. A forgetting guard adds its reference loss to the record.
     `train_loss` is None for the step-0 baseline."""
     model, accelerator, cfg, plan = inputs.objective, inputs.accelerator, inputs.cfg, inputs.plan
+    if inputs.budget is not None:
+        inputs.budget.validation_started()
     model.eval()
     share = process_share(inputs.val_rows, accelerator)
     # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
@@ -275,6 +344,8 @@ def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) ->
     result = summarize(sums)
     if inputs.guard is not None:
         result |= inputs.guard.measure(bare, accelerator)
+    if inputs.budget is not None:
+        inputs.budget.validation_done()
     inputs.metrics.write(
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )

@@ -35,6 +35,7 @@ from migaki.precision import choose_precision
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
 from migaki.tasks import Task, task_for
 from migaki.train import continual, forgetting
+from migaki.train.budget import start_budget
 from migaki.train.checkpoint import (
     LoopState,
     checkpoint_dir,
@@ -76,6 +77,7 @@ def _train(
     verify: bool,
     stop: StopSignals,
 ) -> Path:
+    started = time.monotonic()  # train.max_minutes counts from here
     task = task_for(recipe)  # before anything loads: the recipe suits its task
     recipe, init = continual.prepare(recipe, task)  # a whole-model init_from becomes model.base
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,6 +141,9 @@ def _train(
         unfreezing,
         guard,
         stop,
+        start_budget(
+            recipe.train, started, data.rows["train"], plan.steps_per_epoch, state.elapsed_s
+        ),
     )
     result = _fit_recording_failure(inputs, state, run_dir)
     if accelerator.is_main_process:
@@ -153,6 +158,7 @@ def _train(
             best_val_loss=result.state.best_val_loss,
             peak_memory_mb=peak_memory_mb(),
             **(guard.summary() if guard else {}),
+            **_budget_summary(recipe, plan, result.state),
         )
     accelerator.wait_for_everyone()
     return run_dir
@@ -282,6 +288,18 @@ def _fit_recording_failure(inputs: LoopInputs, state: LoopState, run_dir: Path) 
         raise
     finally:
         inputs.metrics.close()
+
+
+def _budget_summary(recipe: Recipe, plan: StepPlan, state: LoopState) -> dict[str, Any]:
+    if recipe.train.max_minutes is None:
+        return {}
+    return {
+        "time_budget": {
+            "minutes": recipe.train.max_minutes,
+            "recipe_steps": plan.total_steps,
+            "steps": state.planned_steps or plan.total_steps,
+        }
+    }
 
 
 def _final_status(result: FitResult) -> str:
