@@ -81,11 +81,13 @@ def shorter_wins(recipe, heldout: Path) -> tuple[float, int]:
     return score / max(len(pairs), 1), len(pairs)
 
 
-def run_benchmark(data: Path, out: Path | None, overrides: list[str]) -> dict:
+def run_benchmark(
+    data: Path, out: Path | None, overrides: list[str], recipe_file: Path = RECIPE
+) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         train_file, heldout = hold_out(data, 0.2, Path(scratch))
         recipe = load_recipe(
-            RECIPE, [f"data.train={train_file}", f"data.val={heldout}", *overrides]
+            recipe_file, [f"data.train={train_file}", f"data.val={heldout}", *overrides]
         )
         length_baseline, pairs = shorter_wins(recipe, heldout)
         start = time.perf_counter()
@@ -175,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", action="store_true", help="time shared prompts vs whole rows")
     parser.add_argument("--batches", type=int, default=6, help="--speed: batches timed")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="the example to train")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         print(f"{args.data}: no HH-RLHF harmless pairs; skipped")
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = speed(args.data, args.batches, 8, 160)
         print_speed(figures)
     else:
-        figures = run_benchmark(args.data, args.out, args.overrides)
+        figures = run_benchmark(args.data, args.out, args.overrides, args.recipe)
         print_benchmark(figures)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))

@@ -42,7 +42,6 @@ from migaki.train.tracking import read_metrics
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "jcommonsenseqa"
 RECIPE = REPO / "examples" / "jcqa-smollm2-lora.yaml"
-BASE = "smollm2-135m-instruct"
 COLUMNS = ("choice_accuracy", "choice_accuracy_norm", "loss")
 
 
@@ -56,8 +55,8 @@ def score(
     return result["systems"]["tuned"], time.perf_counter() - start
 
 
-def train_run(data: Path, out: Path, overrides: list[str]) -> tuple[Path, float]:
-    recipe = load_recipe(RECIPE, [f"data.train={data / 'train.jsonl'}", *overrides])
+def train_run(recipe_file: Path, data: Path, out: Path, overrides: list[str]) -> tuple[Path, float]:
+    recipe = load_recipe(recipe_file, [f"data.train={data / 'train.jsonl'}", *overrides])
     start = time.perf_counter()
     run = train(recipe, out=out)
     return run, time.perf_counter() - start
@@ -93,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="run directory for --train (default: temporary)")
     parser.add_argument("--run", type=Path, help="score this existing run as the tuned model")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--recipe", type=Path, default=RECIPE, help="the example to train (its base is scored)"
+    )
+    parser.add_argument(
+        "--base-prompts",
+        default="listed,question",
+        help="user turns the base is scored with (data.choice_prompt values, comma-separated)",
+    )
     args = parser.parse_args(argv)
     if (args.overrides or args.out) and not args.train:
         parser.error("recipe overrides and --out apply to --train only")
@@ -104,14 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
 
     rows = []
-    for prompt in ("listed", "question"):
-        base, base_seconds = score(BASE, valid, args.limit, prompt)
+    base_model = load_recipe(args.recipe).model.base
+    for prompt in args.base_prompts.split(","):
+        base, base_seconds = score(base_model, valid, args.limit, prompt)
         rows.append((f"base, {prompt}", base, base_seconds))
     run, train_seconds = args.run, None
     with tempfile.TemporaryDirectory() as scratch:
         if args.train:
             out = args.out or Path(scratch) / "run"
-            run, train_seconds = train_run(args.data, out, args.overrides)
+            run, train_seconds = train_run(args.recipe, args.data, out, args.overrides)
         if run is not None:
             tuned, tuned_seconds = score(run, valid, args.limit)
             prompt = load_run_recipe(Path(run)).data.choice_prompt

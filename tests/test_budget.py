@@ -28,6 +28,11 @@ def test_fitting_steps_counts_padded_tokens_and_validations():
     # 5 s less: 80 s, 6 x 13 s = 78 s, and the next 3 s step no longer fits
     assert budget.fitting_steps(0, 1000, 4, validating_now=True) == 24
     assert budget.fitting_steps(0, 20, 4, validating_now=False) == 20  # never above the recipe
+    budget.reserve = 2.0  # two validations kept free: 10 s less, 70 s: 5 x 13 s, then 3 + 1 s
+    assert budget.fitting_steps(0, 1000, 4, validating_now=True) == 22
+    assert not budget.exhausted()
+    budget.clock = lambda: 90.0
+    assert budget.exhausted()  # 90 s of 100, 10 of them kept free
     budget.clock = lambda: 99.0
     assert budget.fitting_steps(30, 1000, 4, validating_now=False) == 30  # never below now
 
@@ -42,8 +47,8 @@ def _fake_clock(monkeypatch):
     """Every clock reading comes one second after the one before."""
     real = session.start_budget
 
-    def start(cfg, started, rows, steps_per_epoch, spent):
-        budget = real(cfg, started, rows, steps_per_epoch, spent)
+    def start(*args):
+        budget = real(*args)
         if budget is not None:
             ticks = itertools.count()
             budget.clock, budget.started = lambda: float(next(ticks)), 0.0

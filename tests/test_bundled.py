@@ -35,7 +35,13 @@ def test_bundled_smollm2_converts_once_and_loads_as_a_plain_model():
 def test_quickstart_recipe_trains_a_few_steps_on_the_real_model(tmp_path):
     recipe = load_recipe(
         recipe_path(),
-        ["train.max_steps=2", "train.batch_size=2", "data.max_length=96", "train.eval_every=2"],
+        [
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "data.max_length=96",
+            "train.eval_every=2",
+            "model.accept_license=gemma",  # the quickstart's model: Gemma 3 270M
+        ],
     )
     run = train(recipe, out=tmp_path / "run")
     manifest = json.loads((run / "manifest.json").read_text())

@@ -19,7 +19,8 @@ from migaki.errors import Interrupted, UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 EXAMPLES = {
-    "quickstart": "migaki quickstart --out runs/qs",
+    "quickstart": "migaki quickstart --accept-license --out runs/qs\n"
+    "  migaki quickstart --minutes 20 model.base=smollm2-135m-instruct",
     "train": "migaki train recipe.yaml train.lr=1e-4 train.max_steps=200 --out runs/faq",
     "eval": "migaki eval runs/faq --compare-base\n  migaki eval runs/faq --data more_test.jsonl",
     "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=8.0,
         help="time for the whole quickstart: training takes as many steps as fit (default 8; "
         "0: the recipe's whole schedule)",
+    )
+    quick.add_argument(
+        "--accept-license",
+        action="store_true",
+        help="accept the licence of the quickstart's model (gemma3-270m: the Gemma Terms of "
+        "Use; asked once, then recorded in the model cache)",
     )
     _overrides_argument(quick)
     quick.set_defaults(handler="quickstart")

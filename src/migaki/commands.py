@@ -23,7 +23,12 @@ from migaki.train import train as run_training
 
 
 def quickstart(args: argparse.Namespace) -> None:
-    report = run_quickstart(out=args.out, overrides=args.overrides, minutes=args.minutes)
+    report = run_quickstart(
+        out=args.out,
+        overrides=args.overrides,
+        minutes=args.minutes,
+        accept_license=args.accept_license,
+    )
     print(report.table())
 
 

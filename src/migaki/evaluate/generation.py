@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -29,12 +30,14 @@ def generate_answers(
     loaded: LoadedModel,
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int = 128,
-    batch_size: int = 8,
+    batch_size: int = 32,
     temperature: float = 0.0,
 ) -> list[tuple[str, bool]]:
     """Answers to each conversation (greedy when temperature is 0) and whether the model
     ended its turn by itself (rather than hitting max_new_tokens): at the chat template's
-    end-of-turn token, or EOS."""
+    end-of-turn token, or EOS. Rows go in batches of at most `batch_size`, evened out (37 rows
+    at 32: 19 and 18): on a 2-core CPU 37 questions at once took half the time of batches of
+    8 (benchmarks/generation_speed.py)."""
     tokenizer, model = loaded.tokenizer, loaded.model
     stops = end_of_turn_ids(tokenizer)
     system_prompt = loaded.recipe.data.system_prompt if loaded.recipe else None
@@ -42,6 +45,7 @@ def generate_answers(
     device = next(model.parameters()).device
     results = []
     tokenizer.padding_side = "left"  # generation continues from the right end of each row
+    batch_size = max(math.ceil(len(prompts) / max(math.ceil(len(prompts) / batch_size), 1)), 1)
     for start in range(0, len(prompts), batch_size):
         encoded = tokenizer(
             prompts[start : start + batch_size],

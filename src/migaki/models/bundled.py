@@ -166,11 +166,27 @@ def _acceptance(model: BundledModel, accept_license: str | None, source) -> str 
         return recorded.read_text()
     if (accept_license or "").strip().lower() == model.must_accept:
         return f"{model.licence} ({model.must_accept}) accepted on {date.today().isoformat()}\n"
-    raise UserError(
+    raise UserError(_refusal(model, source))
+
+
+def require_accepted(alias: str, how: str) -> None:
+    """Raise UserError, saying `how` to accept, when bundled model `alias` needs its licence
+    accepted and it was not yet (before anything is downloaded or trained)."""
+    model = BUNDLED.get(alias)
+    if model is None or model.must_accept is None:
+        return
+    if not (bundled_dir(alias) / "ACCEPTED").is_file():
+        raise UserError(_refusal(model, None, how))
+
+
+def _refusal(model: BundledModel, source, how: str | None = None) -> str:
+    how = how or (
+        f"run `migaki models pull {model.alias} --accept-license` or set "
+        f"`model.accept_license: {model.must_accept}` in the recipe"
+    )
+    return (
         f"{model.alias} is under the {model.licence}, which you must accept before using it: "
-        f"read them at {_terms_location(model, source)}, then run `migaki models pull "
-        f"{model.alias} --accept-license` or set `model.accept_license: {model.must_accept}` "
-        "in the recipe"
+        f"read them at {_terms_location(model, source)}, then {how}"
     )
 
 

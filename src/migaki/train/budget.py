@@ -24,12 +24,15 @@ TIMED_STEPS = 3  # steps timed before the first estimate
 class TimeBudget:
     """`seconds` of wall time for the run, counted from `started` (a reading of `clock`), plus
     `spent` seconds that earlier processes of the same run used before a resume.
-    `padded_tokens(step)` is the cost of the batch of 0-based step `step`."""
+    `padded_tokens(step)` is the cost of the batch of 0-based step `step`. `reserve` keeps
+    that many validations' worth of time free at the end, for work the caller does after
+    training (the quickstart's evaluation costs a near-constant multiple of a validation)."""
 
     seconds: float
     started: float
     padded_tokens: Callable[[int], int]
     spent: float = 0.0
+    reserve: float = 0.0
     clock: Callable[[], float] = time.monotonic
     step_tokens: int = 0  # padded tokens of the steps timed so far
     steps_timed: int = 0
@@ -79,9 +82,9 @@ class TimeBudget:
         steps, now if `validating_now`, and at the end, each at the mean measured validation
         time. At least `step` (a run never undoes steps) and at most `most`."""
         per_token = self.step_seconds() / max(self.step_tokens, 1)
-        validation = sum(self.validation_seconds) / max(len(self.validation_seconds), 1)
+        validation = self._mean_validation()
         # the last step always validates
-        left = self.seconds - self.elapsed() - validation * (1 + validating_now)
+        left = self._usable() - self.elapsed() - validation * (1 + validating_now)
         fits = step
         while fits < most:
             cost = per_token * self.padded_tokens(fits)
@@ -94,14 +97,25 @@ class TimeBudget:
         return fits
 
     def exhausted(self) -> bool:
-        return self.elapsed() >= self.seconds
+        return self.elapsed() >= self._usable()
+
+    def _mean_validation(self) -> float:
+        return sum(self.validation_seconds) / max(len(self.validation_seconds), 1)
+
+    def _usable(self) -> float:
+        return self.seconds - self.reserve * self._mean_validation()
 
 
 def start_budget(
-    cfg: TrainConfig, started: float, rows: list, steps_per_epoch: int, spent: float
+    cfg: TrainConfig,
+    started: float,
+    rows: list,
+    steps_per_epoch: int,
+    spent: float,
+    reserve: float = 0.0,
 ) -> TimeBudget | None:
     """The run's budget (None without train.max_minutes), for the training `rows` batched as
-    the loop batches them."""
+    the loop batches them; `reserve`: see TimeBudget."""
     if cfg.max_minutes is None:
         return None
     lengths = [len(row.input_ids) for row in rows]
@@ -115,4 +129,4 @@ def start_budget(
         batch = batches(epoch)[position]
         return len(batch) * max(lengths[i] for i in batch)
 
-    return TimeBudget(cfg.max_minutes * 60, started, padded_tokens, spent)
+    return TimeBudget(cfg.max_minutes * 60, started, padded_tokens, spent, reserve)

@@ -59,13 +59,15 @@ def train(
     force: bool = False,
     name: str = "run",
     verify: bool = False,
+    budget_reserve: float = 0.0,
 ) -> Path:
     """Run a recipe and return the run directory (`verify`: a resume hashes every checkpoint
-    file, however large). Raises UserError for problems a user can fix
+    file, however large; `budget_reserve`: validations' worth of train.max_minutes kept free
+    for what the caller does next). Raises UserError for problems a user can fix
     (recipe, data, model, a resume that does not match its checkpoint), and Interrupted when
     SIGINT or SIGTERM stopped it (after a checkpoint; manifest status `interrupted`)."""
     with StopSignals() as stop:
-        return _train(recipe, out, resume, force, name, verify, stop)
+        return _train(recipe, out, resume, force, name, verify, stop, budget_reserve)
 
 
 def _train(
@@ -76,6 +78,7 @@ def _train(
     name: str,
     verify: bool,
     stop: StopSignals,
+    budget_reserve: float,
 ) -> Path:
     started = time.monotonic()  # train.max_minutes counts from here
     task = task_for(recipe)  # before anything loads: the recipe suits its task
@@ -142,7 +145,12 @@ def _train(
         guard,
         stop,
         start_budget(
-            recipe.train, started, data.rows["train"], plan.steps_per_epoch, state.elapsed_s
+            recipe.train,
+            started,
+            data.rows["train"],
+            plan.steps_per_epoch,
+            state.elapsed_s,
+            budget_reserve,
         ),
     )
     result = _fit_recording_failure(inputs, state, run_dir)
