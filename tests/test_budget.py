@@ -37,6 +37,19 @@ def test_fitting_steps_counts_padded_tokens_and_validations():
     assert budget.fitting_steps(30, 1000, 4, validating_now=False) == 30  # never below now
 
 
+def test_timing_starts_after_the_first_step_of_each_process():
+    ticks = iter(range(100))
+    budget = TimeBudget(600.0, 0.0, lambda step: 10, clock=lambda: float(next(ticks)))
+    for step in (41, 42, 43):  # a resumed run: its first step here is warm-up
+        budget.step_done(step)
+        assert not budget.due(validated=True)
+    budget.step_done(44)
+    assert budget.steps_timed == 3 and budget.step_tokens == 30
+    assert budget.due(validated=False)
+    budget.step_done(45)
+    assert not budget.due(validated=False) and budget.due(validated=True)
+
+
 def test_exhausted_counts_earlier_processes():
     budget = TimeBudget(60.0, 100.0, lambda step: 1, spent=50.0, clock=lambda: 111.0)
     assert budget.exhausted()
@@ -57,17 +70,18 @@ def _fake_clock(monkeypatch):
     monkeypatch.setattr(session, "start_budget", start)
 
 
+def _budgeted_recipe(tmp_path, tiny_model, **train_keys):
+    """A recipe of 200 steps on 64 rows with a one-minute budget (of the fake clock's)."""
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(64))
+    keys = {"max_steps": 200, "max_minutes": 1.0, **train_keys}
+    return write_recipe(tmp_path / "r.yaml", tiny_model, data, train=keys)
+
+
 def test_a_run_takes_the_steps_that_fit_and_its_schedule_ends_there(
     tmp_path, tiny_model, monkeypatch
 ):
     _fake_clock(monkeypatch)
-    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(64))
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        tiny_model,
-        data,
-        train={"max_steps": 200, "eval_every": 10, "max_minutes": 1.0, "warmup": 0.1},
-    )
+    recipe = _budgeted_recipe(tmp_path, tiny_model, eval_every=10, warmup=0.1)
     run = train(load_recipe(recipe), out=tmp_path / "run")
 
     manifest = json.loads((run / "manifest.json").read_text())
@@ -106,13 +120,7 @@ def test_a_budget_that_fits_everything_changes_nothing(tmp_path, recipe_file):
 
 def test_a_resume_keeps_the_step_count_it_chose(tmp_path, tiny_model, monkeypatch):
     _fake_clock(monkeypatch)
-    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(64))
-    recipe = write_recipe(
-        tmp_path / "r.yaml",
-        tiny_model,
-        data,
-        train={"max_steps": 200, "eval_every": 5, "keep_checkpoints": 50, "max_minutes": 1.0},
-    )
+    recipe = _budgeted_recipe(tmp_path, tiny_model, eval_every=5, keep_checkpoints=50)
     run = train(load_recipe(recipe), out=tmp_path / "run")
     checkpoints = sorted(
         (run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1])

@@ -123,6 +123,15 @@ def test_estimate_measures_a_short_run(tmp_path, recipe_file, capsys):
     assert figures["seconds_per_step"] > 0
     assert figures["cost"] == pytest.approx(figures["total_seconds"] / 3600 * 3.6, abs=1e-3)
     assert "peak memory" in printed and "cost" in printed
+    assert figures["budget_steps"] is None and "time budget" not in printed
+
+
+def test_estimate_says_how_many_steps_fit_the_time_budget(recipe_file, capsys):
+    code, printed, err = run_cli(
+        capsys, "estimate", recipe_file, "train.max_steps=40", "train.max_minutes=1e-6"
+    )
+    assert code == 0, err
+    assert "time budget         about 1 of the 40 steps fit in train.max_minutes" in printed
 
 
 def test_estimate_measures_preference_tasks_too(tmp_path, tiny_model, capsys):

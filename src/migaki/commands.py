@@ -164,6 +164,11 @@ def estimate(args: argparse.Namespace) -> None:
     print(f"time per step       {figures['seconds_per_step']:.2f} s")
     print(f"time per epoch      {figures['seconds_per_epoch'] / 60:.1f} min")
     print(f"whole run           {hours:.2f} h")
+    if figures["budget_steps"] is not None:
+        print(
+            f"time budget         about {figures['budget_steps']:,} of the "
+            f"{figures['total_steps']:,} steps fit in train.max_minutes (the run ends there)"
+        )
     if figures["cost"] is not None:
         print(
             f"cost                {figures['cost']:.2f} {figures['currency']} "

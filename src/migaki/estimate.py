@@ -31,7 +31,9 @@ def estimate(
     price_per_hour: float | None = None,
 ) -> dict[str, Any]:
     """Figures for the recipe: tokens_per_epoch, steps, peak_memory_mb, seconds_per_step,
-    seconds_per_epoch, total_seconds, cost (None without a price)."""
+    seconds_per_epoch, total_seconds, cost (None without a price); with train.max_minutes,
+    budget_steps (the steps that fit, validations and model load not counted) and the time and
+    cost of those."""
     overrides = list(overrides or [])
     recipe = load_recipe(recipe_path, overrides)
     steps = steps or recipe.estimate.steps
@@ -42,7 +44,11 @@ def estimate(
     # time scales with tokens, and the measured steps need not be average ones
     seconds_per_epoch = tokens / measured["tokens_per_s"]
     seconds_per_step = seconds_per_epoch / plan.steps_per_epoch
-    total_seconds = seconds_per_step * plan.total_steps
+    budget_steps = None
+    if recipe.train.max_minutes is not None:  # training ends where its time does
+        fitting = int(recipe.train.max_minutes * 60 / seconds_per_step)
+        budget_steps = max(min(plan.total_steps, fitting), 1)
+    total_seconds = seconds_per_step * (budget_steps or plan.total_steps)
     hours = total_seconds / 3600
     return {
         "method": recipe.method.name,
@@ -51,6 +57,7 @@ def estimate(
         "labelled_tokens_per_epoch": labelled,
         "steps_per_epoch": plan.steps_per_epoch,
         "total_steps": plan.total_steps,
+        "budget_steps": budget_steps,  # what fits in train.max_minutes (steps alone)
         "peak_memory_mb": measured["peak_memory_mb"],
         "memory_kind": measured["memory_kind"],
         "tokens_per_s": measured["tokens_per_s"],
@@ -88,6 +95,7 @@ def _micro_run(recipe_path: str | Path, overrides: list[str], steps: int) -> dic
             str(recipe_path),
             *overrides,
             f"train.max_steps={steps}",
+            "train.max_minutes=null",  # all the steps asked for, whatever the budget
             "train.eval_every=1000000000",
             "train.early_stopping=null",
             "train.track=[]",

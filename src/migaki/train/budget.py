@@ -16,7 +16,6 @@ from functools import lru_cache
 from migaki.config import TrainConfig
 from migaki.data.batches import epoch_batches
 
-TIMED_FROM = 2  # the first step pays for allocation and warm-up; it is not a typical step
 TIMED_STEPS = 3  # steps timed before the first estimate
 
 
@@ -45,14 +44,15 @@ class TimeBudget:
         return self.spent + self.clock() - self.started
 
     def step_done(self, step: int) -> None:
-        """Count 1-based step `step`. Steps are timed from the end of step TIMED_FROM - 1 to
-        now, whole: logging and checkpoint saves are part of what a step costs, validations
-        are counted apart."""
-        if step == TIMED_FROM - 1:
+        """Count 1-based step `step`. The first step of a process (of a fresh run or a
+        resumed one) pays for allocation and warm-up and is not timed; the later ones are
+        timed from its end to now, whole: logging and checkpoint saves are part of what a
+        step costs, validations are counted apart."""
+        if self._timed_from is None:
             self._timed_from = self.clock()
-        elif step >= TIMED_FROM and self._timed_from is not None:
-            self.step_tokens += self.padded_tokens(step - 1)
-            self.steps_timed += 1
+            return
+        self.step_tokens += self.padded_tokens(step - 1)
+        self.steps_timed += 1
 
     def step_seconds(self) -> float:
         if self._timed_from is None:
@@ -68,10 +68,10 @@ class TimeBudget:
         if self._timed_from is not None:
             self._validated_while_timed += seconds
 
-    def due(self, step: int, validated: bool) -> bool:
-        """Whether to estimate after step `step`: once enough steps are timed, then after each
-        validation."""
-        first = step == TIMED_FROM + TIMED_STEPS - 1
+    def due(self, validated: bool) -> bool:
+        """Whether to estimate after the step just counted: once TIMED_STEPS steps are timed,
+        then at each validation (`validated`: one is due now)."""
+        first = self.steps_timed == TIMED_STEPS
         return self.steps_timed >= TIMED_STEPS and (first or validated)
 
     def fitting_steps(

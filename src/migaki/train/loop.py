@@ -224,7 +224,7 @@ def _fit_budget(
     fits = None
     if budget.exhausted():
         fits = state.step
-    elif budget.due(state.step, validating):
+    elif budget.due(validating):
         most = inputs.plan.total_steps  # the recipe's own count
         fits = budget.fitting_steps(state.step, most, plan.eval_every, validating)
     fits = broadcast_object_list([fits])[0] if inputs.accelerator.num_processes > 1 else fits
