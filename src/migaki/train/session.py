@@ -67,7 +67,22 @@ def train(
     (recipe, data, model, a resume that does not match its checkpoint), and Interrupted when
     SIGINT or SIGTERM stopped it (after a checkpoint; manifest status `interrupted`)."""
     with StopSignals() as stop:
-        return _train(recipe, out, resume, force, name, verify, stop, budget_reserve)
+        try:
+            run_dir = _train(recipe, out, resume, force, name, verify, stop, budget_reserve)
+        except Interrupted:
+            _end_process_group()  # every process stopped at the same step, together
+            raise
+    _end_process_group()
+    return run_dir
+
+
+def _end_process_group() -> None:
+    """Destroy the process group of a multi-process run that ended cleanly. Left to the
+    interpreter's exit, gloo's worker threads can abort the process (SIGABRT, "terminate
+    called without an active exception"; pytorch#190489) after training succeeded. Not after
+    an error: a process still inside a collective would make the others wait forever."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _train(
