@@ -16,9 +16,10 @@ from migaki.train import train
 
 MINUTES = 8.0  # the default budget of the whole quickstart
 # The evaluation after training (base and tuned: model loads, a loss pass and generated answers
-# each) costs about this many validations of the training run: measured 12-13x on 2-core CPUs
-# with AVX-512 in bf16 and with AVX2 only in fp32, Gemma 3 270M and SmolLM2-135M, so training
-# keeps that much of the budget free, measured on the machine it runs on.
+# each) costs about this many validations of the training run, so training keeps that much of
+# the budget free, as long as a validation takes on the machine it runs on. Measured on 2-core
+# CPUs with Gemma 3 270M: 11.5x in bf16 with AVX-512, 12x in fp32 capped at AVX2 (16-17x, also
+# for SmolLM2-135M, before generation was batched by 32).
 EVALUATION_IN_VALIDATIONS = 14.0
 
 ROWS = [
