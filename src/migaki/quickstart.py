@@ -112,9 +112,8 @@ def run_quickstart(
     recipe = load_recipe(recipe_path(), overrides)
     needs = bundled.BUNDLED.get(recipe.model.base)
     if accept_license and needs and needs.must_accept and not recipe.model.accept_license:
-        recipe = load_recipe(
-            recipe_path(), [*overrides, f"model.accept_license={needs.must_accept}"]
-        )
+        model = recipe.model.model_copy(update={"accept_license": needs.must_accept})
+        recipe = recipe.model_copy(update={"model": model})
     if not recipe.model.accept_license:
         bundled.require_accepted(
             recipe.model.base,

@@ -44,8 +44,10 @@ def generate_answers(
     prompts = [render_prompt(tokenizer, messages, system_prompt) for messages in conversations]
     device = next(model.parameters()).device
     results = []
+    if not prompts:
+        return []
     tokenizer.padding_side = "left"  # generation continues from the right end of each row
-    batch_size = max(math.ceil(len(prompts) / max(math.ceil(len(prompts) / batch_size), 1)), 1)
+    batch_size = math.ceil(len(prompts) / math.ceil(len(prompts) / batch_size))  # evened out
     for start in range(0, len(prompts), batch_size):
         encoded = tokenizer(
             prompts[start : start + batch_size],
