@@ -255,6 +255,9 @@ MethodName = Literal[
 ]
 
 
+WHOLE_WEIGHTS = ("full", "freeze", "gradual")  # methods that train the model's own weights
+
+
 class MethodConfig(Section):
     name: MethodName = Field("lora", description="How the model is adapted.")
     lora_rank: int = Field(16, ge=1, le=1024, description="LoRA rank r (lora, dora, qlora).")
@@ -372,6 +375,14 @@ class TrainConfig(Section):
     )
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping; null: none.")
+    layer_lr_decay: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise learning-rate decay (methods full, freeze, gradual): the top "
+        "transformer layer, the head and the final norm train at lr, each layer below at this "
+        "factor of the one above, the embeddings one factor below the lowest layer; null: off.",
+    )
     max_minutes: float | None = Field(
         None,
         gt=0,
@@ -472,6 +483,11 @@ class Recipe(Section):
             raise ValueError(
                 f"train.batch_size ({self.train.batch_size}) must be a multiple of "
                 f"train.grad_accum ({self.train.grad_accum})"
+            )
+        if self.train.layer_lr_decay is not None and self.method.name not in WHOLE_WEIGHTS:
+            raise ValueError(
+                f"train.layer_lr_decay applies to methods {', '.join(WHOLE_WEIGHTS)} "
+                f"(not {self.method.name}): an adapter's weights sit beside every layer alike"
             )
         if self.preference.label_smoothing and self.preference.loss_type != "sigmoid":
             raise ValueError(

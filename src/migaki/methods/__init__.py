@@ -29,7 +29,6 @@ SWITCHABLE = ("lora", "dora", "qlora", "ia3")  # PEFT adapters `disable_adapter`
 PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
 PEFT_METHODS = (*SWITCHABLE, *PROMPT_LEARNING)
 ADAPTER_METHODS = (*PEFT_METHODS, "adapter")  # final/ holds an adapter, not a whole model
-WHOLE_WEIGHTS = ("full", "freeze", "gradual")  # train the model's own weights (no adapter)
 # adapters folded into the base weights exactly (a 4-bit base would be rounded again: qlora not)
 MERGEABLE = ("lora", "dora", "ia3")
 

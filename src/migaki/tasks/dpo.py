@@ -10,12 +10,12 @@ import logging
 
 import torch
 
-from migaki.config import Recipe
+from migaki.config import WHOLE_WEIGHTS, Recipe
 from migaki.data.pairs import collate_pairs
 from migaki.data.prepare import Splits
 from migaki.data.tokenize import IGNORE_INDEX
 from migaki.losses import dpo_loss
-from migaki.methods import SWITCHABLE, WHOLE_WEIGHTS
+from migaki.methods import SWITCHABLE
 from migaki.metrics import evaluation_groups, process_share
 from migaki.objectives import TIE_NATS, LossParts, pair_logps, preference_parts
 from migaki.tasks.reward import PREFERENCE_VALIDATION

@@ -132,7 +132,7 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         if unfreezing is not None:
             lr *= unfreezing.lr_factor(state.step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # below 1: layer-wise decay
 
         step_loss, step_tokens, step_extras = _forward_backward(
             model, accelerator, train_rows, indices, cfg.grad_accum, inputs.collate_fn

@@ -30,6 +30,7 @@ from migaki.methods import (
     load_trainable,
     save_final,
 )
+from migaki.methods.freeze import transformer_layers
 from migaki.objectives import decoder
 from migaki.precision import choose_precision
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
@@ -112,9 +113,7 @@ def _train(
     model, trainable, total = _build_model(recipe, task, data, precision, device)
     if init is not None:
         continual.load_init_weights(model, init, recipe.method)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, recipe.train.weight_decay), lr=recipe.train.lr
-    )
+    optimizer = _optimizer(model, recipe.train, device)
     objective, optimizer = accelerator.prepare(task.objective(recipe, model, data.setup), optimizer)
     if task.start is not None:  # before a checkpoint loads: e.g. the DPO reference
         task.start(accelerator, objective, data.rows, recipe, data.tokenizer.pad_token_id)
@@ -478,16 +477,50 @@ def _check_resume(checkpoint: Path, recipe: Recipe, hashes: dict[str, str], forc
         log.warning("resuming with --force although %s", problem)
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and norm weights (1-D tensors), as is standard."""
-    decay, no_decay = [], []
+def _optimizer(model: torch.nn.Module, train, device: torch.device) -> torch.optim.Optimizer:
+    # The fused kernel updates every weight in one pass instead of one small op per tensor:
+    # on a 2-core CPU it took MiniLM-L6's optimizer step from 76 to 16 ms, a quarter of a step.
+    fused = device.type in ("cpu", "cuda")
+    groups = _param_groups(model, train.weight_decay, train.layer_lr_decay)
+    return torch.optim.AdamW(groups, lr=train.lr, fused=fused)
+
+
+def _param_groups(
+    model: torch.nn.Module, weight_decay: float, layer_lr_decay: float | None = None
+) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D tensors), as is standard. With
+    layer-wise decay, a pair of groups per depth, each with its `lr_scale` (the loop sets a
+    group's lr to the schedule's times its scale)."""
+    scales = _layer_scales(model, layer_lr_decay) if layer_lr_decay is not None else {}
+    groups: dict[float, tuple[list, list]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
+            decay, no_decay = groups.setdefault(scales.get(id(parameter), 1.0), ([], []))
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    if not groups:
+        groups[1.0] = ([], [])
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        group
+        for scale in sorted(groups, reverse=True)
+        for group in (
+            {"params": groups[scale][0], "weight_decay": weight_decay, "lr_scale": scale},
+            {"params": groups[scale][1], "weight_decay": 0.0, "lr_scale": scale},
+        )
     ]
+
+
+def _layer_scales(model: torch.nn.Module, decay: float) -> dict[int, float]:
+    """Learning-rate scale per parameter id: decay**k for the k-th layer from the top, the
+    embeddings one factor further down; weights not listed (head, final norm) keep 1."""
+    layers = transformer_layers(model)
+    scales = {}
+    for depth, layer in enumerate(reversed(layers)):
+        scales |= {id(p): decay**depth for p in layer.parameters()}
+    embeddings = {id(p) for p in model.get_input_embeddings().parameters()}
+    # position and token-type embeddings, and the norm right after them (BERT's embeddings.*)
+    embeddings |= {id(p) for n, p in model.named_parameters() if "embed" in n}
+    scales |= {i: decay ** len(layers) for i in embeddings}
+    return scales
 
 
 def _save_final(
