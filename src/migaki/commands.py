@@ -17,6 +17,7 @@ from migaki.errors import Interrupted, UserError
 from migaki.estimate import estimate as run_estimate
 from migaki.evaluate import evaluate as run_evaluation
 from migaki.evaluate import generate_answers, load_for_generation
+from migaki.export import export as run_export
 from migaki.models import bundled
 from migaki.quickstart import run_quickstart
 from migaki.train import train as run_training
@@ -107,6 +108,21 @@ def evaluate(args: argparse.Namespace) -> None:
 
 def _cell(value: float, width: int) -> str:
     return f"{value:>{width}}" if isinstance(value, int) else f"{value:>{width}.4f}"
+
+
+def export(args: argparse.Namespace) -> int:
+    """Exit status 1 when the export is written but fails its verification."""
+    result = run_export(
+        args.run, args.to, args.fmt, args.dtype, verify=not args.no_verify, prompts=args.prompts
+    )
+    if result.verification is not None:
+        print("\n".join(result.verification.table()))
+    print(f"exported to {result.directory} (model card: {result.directory / 'README.md'})")
+    if result.problems:
+        for problem in result.problems:
+            print(f"verification failed: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def generate(args: argparse.Namespace) -> None:

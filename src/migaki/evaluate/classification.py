@@ -35,7 +35,7 @@ def evaluate_classifier(
     training data (`label_column` overrides its `data.label_column`)."""
     final = final_dir(run)
     labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
-    examples = _examples(run, recipe, data, label_column)[:limit]
+    examples = labelled_examples(run, recipe, data, label_column)[:limit]
     tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
     model = load_classifier(run, recipe, labels, tokenizer.pad_token_id)
     rows, report = tokenize_classification(examples, tokenizer, labels, recipe.data.max_length)
@@ -67,7 +67,7 @@ def evaluate_classifier(
     return result
 
 
-def _examples(
+def labelled_examples(
     run: Path, recipe: Recipe, data: str | Path | None, label_column: str | None
 ) -> list[Example]:
     path = Path(data) if data else run / "data" / "test.jsonl"

@@ -61,7 +61,7 @@ def evaluate(
         if choice_prompt:
             log.warning("--choice-prompt has no effect on a classification run")
         return evaluate_classifier(target_path, recipe, data, limit, label_column)
-    examples = _examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
+    examples = conversation_examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
     if task is not None and task.evaluation == "reward":
         if not is_preference_data(examples):
             check_generates(target_path, recipe)
@@ -107,7 +107,7 @@ def _evaluate_answers(
     return systems, answer_samples(examples, answers)
 
 
-def _examples(
+def conversation_examples(
     target: Path,
     data: str | Path | None,
     recipe: Recipe | None,
