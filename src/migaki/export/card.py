@@ -44,7 +44,7 @@ def model_card(run: Path, recipe: Recipe, export: dict[str, Any], verification: 
         "",
         f"Fine-tuned with migaki {__version__} from `{recipe.model.base}`, task "
         f"`{recipe.task}`, method `{recipe.method.name}`; exported as `{export['format']}` "
-        f"({export['dtype']}) on {datetime.now(UTC):%Y-%m-%d}.",
+        f"({export['type']}) on {datetime.now(UTC):%Y-%m-%d}.",
         "",
         "## Base model",
         "",

@@ -28,6 +28,7 @@ NOT_MERGEABLE = {
     "adapter": "migaki's bottleneck adapters add layers the base architecture does not have",
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+LICENCE_FILES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE.md", "GEMMA_TERMS.html")
 
 
 @dataclass
@@ -89,7 +90,7 @@ def write_hf(tuned: Tuned, to: Path, dtype: str = "fp32") -> None:
     if not tuned.classifier:
         _generation_config(tuned).save_pretrained(to)
     source = resolve(tuned.recipe.model.base, tuned.recipe.model.accept_license)
-    for name in ("LICENSE", "LICENSE.txt", "LICENSE.md", "NOTICE.md", "GEMMA_TERMS.html"):
+    for name in LICENCE_FILES:
         for folder in {Path(source.path), Path(source.path).parent}:
             if (folder / name).is_file() and not (to / name).exists():
                 shutil.copyfile(folder / name, to / name)
