@@ -48,7 +48,8 @@ def test_a_lora_run_exports_merged_weights_that_plain_transformers_runs(lora_run
     record = json.loads((out / "migaki-export.json").read_text())
     [verification] = record["verifications"]
     assert verification["problems"] == [] and verification["same_as_base"] is False
-    assert record["files"]["model.safetensors"]["bytes"] == (out / "model.safetensors").stat().st_size
+    weights = out / "model.safetensors"
+    assert record["files"]["model.safetensors"]["bytes"] == weights.stat().st_size
 
 
 def test_the_chat_template_system_prompt_and_stop_token_travel(lora_run, tmp_path, capsys):
