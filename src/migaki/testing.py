@@ -26,16 +26,26 @@ CORPUS = [
 
 
 def build_tiny_model(
-    out: str | Path, hidden_size: int = 64, layers: int = 2, seed: int = 0, gemma_like: bool = False
+    out: str | Path,
+    hidden_size: int = 64,
+    layers: int = 2,
+    seed: int = 0,
+    gemma_like: bool = False,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
     """Write a tiny random Llama and its tokenizer to `out` (a Hugging Face folder).
     `gemma_like`: Gemma's special tokens (`<bos>`, `<eos>`, `<start_of_turn>`,
-    `<end_of_turn>`) and no chat template, as the pre-trained Gemma 3 ships."""
-    import torch
+    `<end_of_turn>`) and no chat template, as the pre-trained Gemma 3 ships.
+    `tokenizer_from`: a real model's folder whose tokenizer to use instead (llama.cpp's
+    converter recognises only tokenizers of published models)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     out = Path(out)
+    if tokenizer_from is not None:
+        hf_tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
+        hf_tokenizer.save_pretrained(out)
+        return _tiny_llama(out, hf_tokenizer, hidden_size, layers, seed)
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -56,6 +66,13 @@ def build_tiny_model(
     if not gemma_like:
         hf_tokenizer.chat_template = CHATML
     hf_tokenizer.save_pretrained(out)
+    return _tiny_llama(out, hf_tokenizer, hidden_size, layers, seed)
+
+
+def _tiny_llama(out: Path, hf_tokenizer, hidden_size: int, layers: int, seed: int) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(hf_tokenizer),
         hidden_size=hidden_size,
