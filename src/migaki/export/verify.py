@@ -22,6 +22,7 @@ from migaki.data.formats import Example
 from migaki.data.tokenize import render_prompt, tokenize_example
 from migaki.evaluate.generation import generate_answers
 from migaki.export.hf import DTYPES
+from migaki.export.llama_cpp import load_runtime
 from migaki.models.inference import LoadedModel
 from migaki.models.templates import end_of_turn_ids
 
@@ -203,8 +204,6 @@ def verify_llama_cpp(
     """The golden rows through llama.cpp's own runtime (an independent implementation of the
     model): the GGUF's tokenizer must read the training rendering as training's tokenizer
     did; greedy answers stop at the GGUF's end-of-generation tokens."""
-    from migaki.export.llama_cpp import load_runtime
-
     llm = load_runtime(gguf_path)
     result = Verification(kind, "llama.cpp")
     tokens = original.recipe.eval.max_new_tokens
