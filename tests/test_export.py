@@ -3,6 +3,7 @@ and stops as training did, carries a model card, and is refused or failed where 
 be the model that was evaluated."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -103,6 +104,8 @@ def test_answers_that_no_longer_stop_or_agree_fail_the_verification():
     rows = [Check("q", "a", "a", max_delta=1.5)] + [Check("q", "a", "b", max_delta=1.5)] * 3
     loose = Verification("q4_k_m", "llama.cpp", rows)
     assert loose.problems() == [] and "q4_k_m read by llama.cpp:" in loose.table()
+    drifted = Verification("q8_0", "llama.cpp", [Check("q", "a", "a", same_top=0.6)])
+    assert any("top next-token choice" in p and "60.0%" in p for p in drifted.problems())
 
 
 def test_a_changed_chat_rendering_fails_the_verification(lora_run, tmp_path, monkeypatch):
@@ -156,6 +159,7 @@ def test_an_interrupted_export_leaves_no_folder(lora_run, tmp_path, monkeypatch)
         (["--format", "onnx"], "invalid choice"),
         (["--quant", "q8_0"], "hf exports take --dtype"),
         (["--format", "gguf", "--quant", "q3"], "invalid choice"),
+        (["--format", "gguf", "--dtype", "bf16"], "a GGUF takes --quant"),
     ],
 )
 def test_bad_export_requests_are_one_line_with_exit_2(lora_run, tmp_path, capsys, args, message):
@@ -165,6 +169,20 @@ def test_bad_export_requests_are_one_line_with_exit_2(lora_run, tmp_path, capsys
         code, err = exc.code, capsys.readouterr().err
     assert code == 2 and message in err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_run_itself_is_never_the_export_folder(lora_run, capsys):
+    for target in (lora_run, lora_run.parent):
+        code, _, err = run_cli(capsys, "export", lora_run, "--to", target, "--force")
+        assert code == 2 and "holds the run itself" in err
+    assert (lora_run / "final").is_dir()
+
+
+def test_gguf_without_the_extra_names_it(lora_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an import finds uninstalled
+    code, _, err = run_cli(capsys, "export", lora_run, "--to", tmp_path / "g", "--format", "gguf")
+    assert code == 2 and "pip install 'migaki[export]'" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "g").exists()
 
 
 def test_a_missing_run_is_named(tmp_path, capsys):

@@ -81,8 +81,7 @@ def export(
         )
     golden = _golden_rows(run, recipe, prompts, classifier) if verify else []
     tuned = tuned_model(run, recipe)
-    to.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
+    staging = _staging(to)
     try:
         log.info("writing %s (%s, %s)", to, fmt, kind)
         if fmt == "hf":
@@ -104,6 +103,20 @@ def export(
     return ExportResult(to, verifications, _run_with(run) if fmt == "ollama" else None)
 
 
+def _staging(to: Path) -> Path:
+    """A new hidden folder beside `to` to write the export into, after removing what an
+    earlier export to `to` left when it was killed."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    for stale in to.parent.glob(f".{to.name}.partial-*"):
+        log.info("removing %s, left by an interrupted export", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{to.name}.partial-", dir=to.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the export private
+    return staging
+
+
 def _check_request(
     run: Path, to: Path, fmt: str, dtype: str, quant: str | None, force: bool
 ) -> str:
@@ -117,12 +130,16 @@ def _check_request(
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     if to.exists() and not to.is_dir():
         raise UserError(f"{to}: is a file; --to names a folder")
+    if to.resolve() == run.resolve() or to.resolve() in run.resolve().parents:
+        raise UserError(f"{to}: holds the run itself; export to a folder outside {run}")
     if to.exists() and any(to.iterdir()) and not force:
         raise UserError(f"{to}: already exists and is not empty; choose another --to or --force")
     if fmt == "hf":
         if quant is not None:
             raise UserError(f"--quant {quant}: hf exports take --dtype (quantization is for gguf)")
         return dtype
+    if dtype != "fp32":
+        raise UserError(f"--dtype {dtype}: is for hf exports; a GGUF takes --quant")
     quant = quant or DEFAULT_QUANT
     llama_cpp.check_quant(quant)
     llama_cpp.require()

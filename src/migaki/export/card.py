@@ -12,6 +12,7 @@ from migaki import __version__
 from migaki.config import Recipe
 from migaki.models import BUNDLED
 from migaki.rundir import read_manifest
+from migaki.tasks import task_for
 
 HYPER_PARAMETERS = (
     "epochs",
@@ -37,7 +38,7 @@ def model_card(run: Path, recipe: Recipe, export: dict[str, Any], verification: 
         "---",
         f"base_model: {json.dumps(recipe.model.base)}",
         f"license: {json.dumps(base_licence(recipe.model.base))}",
-        "library_name: transformers",
+        f"library_name: {'transformers' if export['format'] == 'hf' else 'gguf'}",
         "tags: [migaki, fine-tuned]",
         "---",
         f"# {name}",
@@ -84,8 +85,31 @@ def model_card(run: Path, recipe: Recipe, export: dict[str, Any], verification: 
             "",
             f"> {recipe.data.system_prompt}",
         ]
+    lines += ["", "## How to run it", "", *_run_lines(export, recipe)]
     lines += ["", "## Export verification", "", "```", *verification, "```", ""]
     return "\n".join(lines)
+
+
+def _run_lines(export: dict[str, Any], recipe: Recipe) -> list[str]:
+    gguf = next((name for name in export.get("files", {}) if name.endswith(".gguf")), None)
+    if export["format"] == "ollama":
+        return [f"In this folder: `{export['run_with']}`, then `ollama run NAME`."]
+    if gguf:
+        return [
+            f"`llama-cli -m {gguf} -cnv` (llama.cpp), or from Python "
+            f"`llama_cpp.Llama(model_path='{gguf}').create_chat_completion(messages=...)`; "
+            "the chat template and stop tokens are in the file."
+        ]
+    if task_for(recipe).head is not None:
+        return [
+            "`AutoModelForSequenceClassification.from_pretrained(folder)` with `AutoTokenizer` "
+            "(transformers); `config.json` holds the label names (`id2label`)."
+        ]
+    return [
+        "`AutoModelForCausalLM.from_pretrained(folder)` with `AutoTokenizer` and "
+        "`apply_chat_template` (transformers), or any runtime that reads a Hugging Face "
+        "folder; `generation_config.json` stops at the end-of-turn token."
+    ]
 
 
 def base_licence(base: str) -> str:

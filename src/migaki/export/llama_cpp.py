@@ -50,30 +50,42 @@ def check_quant(quant: str) -> None:
 def write_gguf(hf_dir: Path, out: Path, quant: str) -> None:
     """Convert the Hugging Face folder `hf_dir` to one GGUF file `out` of type `quant`: the
     converter writes exact fp32, llama.cpp's quantizer takes it to `quant` (f16 included, so
-    every type goes one path)."""
-    llama_cpp = require()
+    every type goes one path). Both run in child processes: llama.cpp logs every tensor on
+    the C side's stderr, and a crash there must not take the export's clean-up with it."""
+    require()
     with tempfile.TemporaryDirectory(prefix="migaki-gguf-", dir=out.parent) as tmp:
         full = Path(tmp) / "model-f32.gguf"
-        _convert(hf_dir, full)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = QUANTS[quant]
-        params.nthread = os.cpu_count() or 1
-        status = llama_cpp.llama_model_quantize(
-            str(full).encode(), str(out).encode(), llama_cpp.byref(params)
+        script = converter_tree() / "convert_hf_to_gguf.py"
+        _child(
+            [str(script), str(hf_dir), "--outfile", str(full), "--outtype", "f32"],
+            full,
+            f"llama.cpp's converter refused {hf_dir}",
         )
-        if status != 0 or not out.is_file():
-            raise UserError(
-                f"llama.cpp could not quantize {hf_dir.name} to {quant} (status {status})"
-            )
+        _child(
+            ["-c", _QUANTIZE, str(full), str(out), str(QUANTS[quant])],
+            out,
+            f"llama.cpp could not quantize the model to {quant}",
+        )
 
 
-def _convert(hf_dir: Path, out: Path) -> None:
-    script = converter_tree() / "convert_hf_to_gguf.py"
-    command = [sys.executable, str(script), str(hf_dir), "--outfile", str(out), "--outtype", "f32"]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0 or not out.is_file():
-        last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-        raise UserError(f"llama.cpp's converter refused {hf_dir}: {last[0]}")
+# llama_model_quantize through llama-cpp-python's bindings, run as `python -c`
+_QUANTIZE = """
+import ctypes, os, sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = os.cpu_count() or 1
+status = llama_cpp.llama_model_quantize(
+    sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)
+)
+sys.exit(f"llama_model_quantize returned {status}" if status else 0)
+"""
+
+
+def _child(args: list[str], made: Path, failure: str) -> None:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not made.is_file():
+        lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+        raise UserError(f"{failure}: {lines[-1].strip()}")
 
 
 def converter_tree() -> Path:
