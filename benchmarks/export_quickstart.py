@@ -72,7 +72,7 @@ def main() -> None:
     for quant in ("f16", "q8_0", "q4_k_m"):
         folder = out / f"gguf-{quant}"
         export(args.run, folder, fmt="gguf", quant=quant, verify=False, force=True)
-        llm, load = _timed(load_runtime, folder / f"model-{quant}.gguf")
+        llm, load = _timed(load_runtime, folder / f"model-{quant}.gguf", 1024, False)
         answers, seconds = _timed(_llama_cpp_answers, llm, prompts, tokens)
         rows.append((f"gguf {quant} (llama.cpp)", folder, load, seconds, answers))
         llm.close()

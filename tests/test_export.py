@@ -160,6 +160,7 @@ def test_an_interrupted_export_leaves_no_folder(lora_run, tmp_path, monkeypatch)
         (["--quant", "q8_0"], "hf exports take --dtype"),
         (["--format", "gguf", "--quant", "q3"], "invalid choice"),
         (["--format", "gguf", "--dtype", "bf16"], "a GGUF takes --quant"),
+        (["--quant", "int8"], "--format gguf --quant q8_0"),
     ],
 )
 def test_bad_export_requests_are_one_line_with_exit_2(lora_run, tmp_path, capsys, args, message):
@@ -230,3 +231,14 @@ def test_tolerances_are_stated_for_every_dtype_and_quantization():
     from migaki.export.llama_cpp import QUANTS
 
     assert set(verify.TOLERANCE) == set(DTYPES) | set(QUANTS)
+
+
+def test_a_named_llama_cpp_tree_without_the_converter_is_refused(tmp_path, monkeypatch):
+    from migaki.errors import UserError
+    from migaki.export.llama_cpp import converter_tree
+
+    monkeypatch.setenv("MIGAKI_LLAMA_CPP", str(tmp_path))
+    with pytest.raises(UserError, match=r"no convert_hf_to_gguf\.py there"):
+        converter_tree()
+    (tmp_path / "convert_hf_to_gguf.py").write_text("")
+    assert converter_tree() == tmp_path

@@ -189,8 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exp.add_argument(
         "--quant",
-        choices=["f16", "q8_0", "q4_k_m"],
-        help="GGUF quantization (default q8_0); needs pip install 'migaki[export]'",
+        choices=["f16", "q8_0", "q4_k_m", "int8"],
+        help="GGUF quantization (default q8_0); needs pip install 'migaki[export]'. int8 (torch "
+        "dynamic, for hf) is refused: measured, it loses most answers (README, Export)",
     )
     exp.add_argument("--force", action="store_true", help="replace an existing --to folder")
     exp.add_argument(

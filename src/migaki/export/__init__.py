@@ -135,6 +135,15 @@ def _check_request(
     if to.exists() and any(to.iterdir()) and not force:
         raise UserError(f"{to}: already exists and is not empty; choose another --to or --force")
     if fmt == "hf":
+        if quant == "int8":
+            # measured (benchmarks/export_quickstart.py, README "Export"): torch's dynamic
+            # int8 made the quickstart model 3.5x faster and wrong, a GGUF q8_0 in llama.cpp
+            # 1.5x faster and as right as the original
+            raise UserError(
+                "--quant int8: torch's dynamic int8 kept 16% of the quickstart's right facts "
+                "(the original 57%); for CPU inference export --format gguf --quant q8_0 "
+                "(1.5x faster than transformers, the same facts)"
+            )
         if quant is not None:
             raise UserError(f"--quant {quant}: hf exports take --dtype (quantization is for gguf)")
         return dtype

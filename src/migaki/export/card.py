@@ -93,7 +93,8 @@ def model_card(run: Path, recipe: Recipe, export: dict[str, Any], verification: 
 def _run_lines(export: dict[str, Any], recipe: Recipe) -> list[str]:
     gguf = next((name for name in export.get("files", {}) if name.endswith(".gguf")), None)
     if export["format"] == "ollama":
-        return [f"In this folder: `{export['run_with']}`, then `ollama run NAME`."]
+        name = export["run_with"].split()[2]
+        return [f"In this folder: `{export['run_with']}`, then `ollama run {name}`."]
     if gguf:
         return [
             f"`llama-cli -m {gguf} -cnv` (llama.cpp), or from Python "

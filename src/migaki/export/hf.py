@@ -15,7 +15,8 @@ from transformers import GenerationConfig
 from migaki.config import Recipe
 from migaki.errors import UserError
 from migaki.evaluate.classification import load_classifier
-from migaki.models import ModelSource, load_tokenizer, resolve
+from migaki.models import BUNDLED, ModelSource, load_tokenizer, resolve
+from migaki.models.bundled import bundled_dir
 from migaki.models.inference import load_for_inference
 from migaki.models.templates import end_of_turn_ids
 from migaki.rundir import final_dir
@@ -89,11 +90,21 @@ def write_hf(tuned: Tuned, to: Path, dtype: str = "fp32") -> None:
     tuned.tokenizer.save_pretrained(to)
     if not tuned.classifier:
         _generation_config(tuned).save_pretrained(to)
-    source = resolve(tuned.recipe.model.base, tuned.recipe.model.accept_license)
     for name in LICENCE_FILES:
-        for folder in {Path(source.path), Path(source.path).parent}:
+        for folder in _licence_folders(tuned.recipe):
             if (folder / name).is_file() and not (to / name).exists():
                 shutil.copyfile(folder / name, to / name)
+
+
+def _licence_folders(recipe: Recipe) -> list[Path]:
+    """Where the base model's licence file may lie: beside its weights, one folder up, and
+    for a bundled alias the folder it was pulled into (its weights may be a converted copy)."""
+    base = recipe.model.base
+    source = Path(resolve(base, recipe.model.accept_license).path)
+    folders = [source, source.parent]
+    if base in BUNDLED:
+        folders.append(bundled_dir(base))
+    return folders
 
 
 def with_default_system(template: str, system_prompt: str) -> str:

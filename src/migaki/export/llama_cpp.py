@@ -139,14 +139,15 @@ def _wanted(name: str, prefix: str) -> bool:
     return name[len(prefix) :].split("/", 1)[0] in _CONVERTER_PARTS
 
 
-def load_runtime(path: Path, context: int = 2048):
-    """The GGUF file in llama.cpp's runtime, keeping the logits of every position (the
-    verification reads log-probabilities of whole answers)."""
+def load_runtime(path: Path, context: int = 2048, all_logits: bool = True):
+    """The GGUF file in llama.cpp's runtime. `all_logits` keeps the logits of every position
+    (the verification reads log-probabilities of whole answers); generation alone needs only
+    the last one, and a 262k vocabulary makes the difference large."""
     llama_cpp = require()
     return llama_cpp.Llama(
         model_path=str(path),
         n_ctx=context,
-        logits_all=True,
+        logits_all=all_logits,
         n_threads=os.cpu_count() or 1,
         seed=0,
         verbose=False,

@@ -170,8 +170,8 @@ class Verification:
 @dataclass
 class Reference:
     """What the pre-export model does on the golden rows, computed once for every runtime
-    that reads the export: greedy answers, whether each stopped, and the log-probability of
-    every reference-answer token."""
+    that reads the export: greedy answers, whether each stopped, and at every
+    reference-answer token its log-probability and the model's top choice."""
 
     examples: list[Example]
     prompts: list[str]  # the training rendering, system prompt included
@@ -226,16 +226,14 @@ def verify_llama_cpp(
     """The golden rows through llama.cpp's own runtime (an independent implementation of the
     model): the GGUF's tokenizer must read the training rendering as training's tokenizer
     did; greedy answers stop at the GGUF's end-of-generation tokens."""
-    llm = load_runtime(gguf_path)
-    result = Verification(kind, "llama.cpp")
     tokens = original.recipe.eval.max_new_tokens
+    longest = max((len(row.input_ids) for row in ref.rows), default=0)
+    llm = load_runtime(gguf_path, context=max(512, longest + tokens))
+    result = Verification(kind, "llama.cpp")
+    split_otherwise = 0
     for i, prompt in enumerate(ref.prompts):
         ids = original.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        if i == 0 and llm.tokenize(prompt.encode(), add_bos=False, special=True) != ids:
-            result.rendering.append(
-                "llama.cpp's tokenizer (read from the GGUF) splits the training rendering into "
-                "other tokens than training's tokenizer"
-            )
+        split_otherwise += llm.tokenize(prompt.encode(), add_bos=False, special=True) != ids
         llm.reset()
         out = llm.create_completion(
             ids, max_tokens=tokens, temperature=0.0, top_k=1, top_p=1.0, repeat_penalty=1.0
@@ -250,6 +248,11 @@ def verify_llama_cpp(
             _check(ref, i, text, choice["finish_reason"] == "stop", _answer_scores(scores, row))
         )
     llm.close()
+    if split_otherwise:
+        result.rendering.append(
+            f"llama.cpp's tokenizer (read from the GGUF) splits {split_otherwise} of "
+            f"{len(ref.prompts)} training renderings into other tokens than training's tokenizer"
+        )
     return result
 
 
