@@ -85,7 +85,15 @@ LAYERS = [
     ["migaki.objectives", "migaki.losses", "migaki.metrics"],
     ["migaki.tasks"],
     ["migaki.train", "migaki.evaluate"],
-    ["migaki.estimate", "migaki.doctor", "migaki.quickstart", "migaki.testing", "migaki.export"],
+    [
+        "migaki.estimate",
+        "migaki.doctor",
+        "migaki.quickstart",
+        "migaki.testing",
+        "migaki.export",
+        "migaki.serve",
+        "migaki.monitor",
+    ],
     ["migaki.commands", "migaki.cli", "migaki.__main__", "migaki"],
 ]
 APART = ("migaki.train", "migaki.evaluate")  # one layer, and neither imports the other

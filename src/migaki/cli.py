@@ -15,6 +15,7 @@ import sys
 from migaki import __version__
 from migaki.cli_data import add_data_command
 from migaki.cli_parsing import add_command
+from migaki.cli_serve import add_serve_command
 from migaki.errors import Interrupted, UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.set_defaults(handler="estimate")
 
     add_data_command(commands)
+    add_serve_command(commands)
 
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
     mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")

@@ -20,6 +20,9 @@ from migaki.evaluate import generate_answers, load_for_generation
 from migaki.export import export as run_export
 from migaki.models import bundled
 from migaki.quickstart import run_quickstart
+from migaki.serve.app import Limits
+from migaki.serve.server import ServeOptions, check_key, read_key_file
+from migaki.serve.server import serve as run_server
 from migaki.train import train as run_training
 
 
@@ -131,6 +134,40 @@ def export(args: argparse.Namespace) -> int:
             print(f"verification failed: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Answer until interrupted (Ctrl-C ends it cleanly)."""
+    api_key = args.api_key or os.environ.get("MIGAKI_API_KEY")
+    keys = read_key_file(args.api_keys) if args.api_keys else {}
+    if api_key:
+        check_key(api_key, "--api-key")
+        keys = {api_key: "default"}
+    options = ServeOptions(
+        targets=args.targets,
+        host=args.host,
+        port=args.port,
+        api_keys=keys,
+        admin_key=args.admin_key or os.environ.get("MIGAKI_ADMIN_KEY"),
+        log_dir=None if args.no_log else Path(args.log_dir),
+        runs_root=Path(args.runs) if args.runs else None,
+        limits=Limits(
+            max_body_bytes=args.max_body,
+            max_input_tokens=args.max_input_tokens,
+            max_tokens=args.max_tokens,
+            default_max_tokens=min(256, args.max_tokens),
+            concurrent_per_key=args.concurrency,
+        ),
+        max_batch=args.max_batch,
+    )
+
+    def ready(state) -> None:
+        names = ", ".join(state.pool.names())
+        print(f"serving {names} on http://{args.host}:{args.port}/v1", flush=True)
+        if state.log is not None:
+            print(f"request log and feedback: {state.log.directory}", flush=True)
+
+    run_server(options, ready)
 
 
 def generate(args: argparse.Namespace) -> None:

@@ -1,0 +1,2 @@
+"""After serving: drift of the traffic against the training data, and feedback turned into
+training rows."""

@@ -1,0 +1,2 @@
+"""`migaki serve`: an OpenAI-compatible server for runs and exports, with its request log
+and feedback store."""
