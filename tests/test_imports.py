@@ -102,6 +102,8 @@ LATE_IMPORTS = {
     "migaki.cli": {"migaki"},  # `from migaki import commands`: --help without torch
     "migaki.cli_data": {"migaki"},  # `from migaki import models`: only to count tokens
     "migaki.tasks.distill": {"migaki.tasks"},  # the registry imports every task module
+    "migaki.cli_monitor": {"migaki.monitor"},  # torch and the embedding model: only when run
+    "migaki.cli_feedback": {"migaki.monitor"},  # the serve readers and sqlite3: only when run
 }
 
 

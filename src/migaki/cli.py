@@ -14,6 +14,8 @@ import sys
 
 from migaki import __version__
 from migaki.cli_data import add_data_command
+from migaki.cli_feedback import add_feedback_command
+from migaki.cli_monitor import add_monitor_command
 from migaki.cli_parsing import add_command
 from migaki.cli_serve import add_serve_command
 from migaki.errors import Interrupted, UserError
@@ -222,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     est.set_defaults(handler="estimate")
 
     add_data_command(commands)
+    add_feedback_command(commands)
+    add_monitor_command(commands)
     add_serve_command(commands)
 
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
