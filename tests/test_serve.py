@@ -414,3 +414,14 @@ def test_the_command_serves_in_a_fresh_process_and_ends_on_ctrl_c(runs, tmp_path
     assert process.returncode in (0, 130), err
     assert f"serving faq on http://127.0.0.1:{port}/v1" in out
     assert (tmp_path / "log" / "requests.jsonl").read_text().count("\n") == 1
+
+
+def test_the_last_adapter_of_a_base_unloads_and_loads_again(runs):
+    from migaki.serve.models import ModelPool
+
+    pool = ModelPool()
+    first = pool.add(str(runs / "later"), "a")
+    pool.remove("a")
+    assert pool.names() == [] and not pool._bases
+    again = pool.add(str(runs / "later"), "a")
+    assert again.model is not first.model and again.adapter == "a"

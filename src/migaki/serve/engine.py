@@ -56,6 +56,7 @@ class Job:
     on_text: Callable[[str], None]
     on_done: Callable[[Result], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False  # on_done called
 
 
 class _Row:
@@ -100,9 +101,25 @@ class _Row:
         if len(text) > len(self.sent) and text.startswith(self.sent):
             self.job.on_text(text[len(self.sent) :])
             self.sent = text
+        if self.finish is not None:
+            self.complete(tokenizer)
 
     def text(self, tokenizer) -> str:
         return tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    def complete(self, tokenizer) -> None:
+        """Hand the client the rest of its text and the result, once: as soon as the row is
+        done, not when the batch is (a short answer does not wait for a long neighbour)."""
+        if self.job.answered:
+            return
+        self.job.answered = True
+        self.finish = self.finish or "length"
+        text = self.text(tokenizer)
+        cut = _first_stop(text, self.job.sampling.stop)
+        text = text if cut is None else text[:cut]
+        if len(text) > len(self.sent) and text.startswith(self.sent):
+            self.job.on_text(text[len(self.sent) :])
+        self.job.on_done(Result(text, self.finish, len(self.job.prompt_ids), len(self.ids)))
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
@@ -122,6 +139,7 @@ class _PickPerRow(LogitsProcessor):
         for row, logits in zip(self.rows, scores, strict=True):
             if row.finish is None and row.job.cancelled.is_set():
                 row.finish = "cancelled"
+                row.complete(self.served.tokenizer)
             if row.finish is not None:
                 chosen.append(self.pad)
                 continue
@@ -203,24 +221,19 @@ class Engine:
                 job.on_done(Result("", "cancelled", len(job.prompt_ids), 0))
         if not waiting:
             return
+        self.batches += 1
+        self.rows += len(waiting)
         try:
             rows = generate_rows(waiting)
         except Exception as exc:  # a bug or an out-of-memory: every waiting client hears of it
             log.exception("generation failed")
             for job in waiting:
-                job.on_done(Result("", "error", len(job.prompt_ids), 0, exc))
+                if not job.answered:  # rows already done keep their answer
+                    job.on_done(Result("", "error", len(job.prompt_ids), 0, exc))
             return
-        self.batches += 1
-        self.rows += len(rows)
         for row in rows:
-            text = row.text(row.job.served.tokenizer)
-            cut = _first_stop(text, row.job.sampling.stop)
-            text = text if cut is None else text[:cut]
-            if len(text) > len(row.sent) and text.startswith(row.sent):
-                row.job.on_text(text[len(row.sent) :])
-            finish = row.finish or "length"
-            self.cancelled += finish == "cancelled"
-            row.job.on_done(Result(text, finish, len(row.job.prompt_ids), len(row.ids)))
+            row.complete(row.job.served.tokenizer)  # rows generate() ended without a reason
+            self.cancelled += row.finish == "cancelled"
 
 
 @torch.no_grad()

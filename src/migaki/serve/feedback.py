@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from migaki.data.pii import mask_pii
 from migaki.errors import UserError
 
 FEEDBACK = "feedback.sqlite"
@@ -34,7 +33,10 @@ class Feedback:
     id: int
     response_id: str
     rating: str | None  # "up", "down", or None when only a correction was given
-    correction: str | None  # personal data masked, as in the request log
+    # kept as written: a correction is a training answer the team wrote, and a support
+    # line's phone number in it is a fact to learn, not a client's personal data (masking it
+    # taught the model to answer "<PHONE>"; benchmarks/feedback_loop.py)
+    correction: str | None
     time: str
 
 
@@ -56,8 +58,6 @@ class FeedbackStore:
             raise ValueError(f"rating must be one of {', '.join(RATINGS)}, not {rating!r}")
         if rating is None and not (correction and correction.strip()):
             raise ValueError("give a rating, a correction, or both")
-        if correction is not None:
-            correction = mask_pii(correction)[0]
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
         with self._connection() as db:
             cursor = db.execute(

@@ -105,9 +105,14 @@ class ModelPool:
         """Stop serving `name`; an adapter's weights leave its shared base."""
         with self._lock:
             served = self.models.pop(name)
+            if served.adapter is None:
+                return
+            if not any(other.model is served.model for other in self.models.values()):
+                # the base's last adapter: PEFT cannot delete it, so the base goes with it
+                self._bases = {k: v for k, v in self._bases.items() if v is not served.model}
+                return
             with served.lock:
-                if served.adapter is not None:
-                    served.model.delete_adapter(served.adapter)
+                served.model.delete_adapter(served.adapter)
 
     def _add_adapter(self, name: str, run: Path, recipe) -> Served:
         final = final_dir(run)
