@@ -425,3 +425,13 @@ def test_the_last_adapter_of_a_base_unloads_and_loads_again(runs):
     assert pool.names() == [] and not pool._bases
     again = pool.add(str(runs / "later"), "a")
     assert again.model is not first.model and again.adapter == "a"
+
+
+def test_a_port_in_use_is_refused_before_anything_loads(runs, capsys):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code, _, err = run_cli(capsys, "serve", runs / "faq", "--port", port, "--no-log")
+    assert code == 2 and f"--port {port}: cannot listen" in err
+    assert len(err.strip().splitlines()) == 1

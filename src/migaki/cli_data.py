@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import get_args
 
-from migaki.cli_parsing import add_command
+from migaki.cli_parsing import add_command, add_command_group
 from migaki.config import CleanConfig, DataConfig, DataFormat, Recipe, load_recipe
 from migaki.data.prepare import prepare_data
 from migaki.data.profile import profile_file
@@ -27,12 +27,12 @@ FORMATS = list(get_args(DataFormat))
 
 def add_data_command(commands) -> None:
     """Register `migaki data ...` on the top-level subparsers."""
-    data = commands.add_parser(
+    actions = add_command_group(
+        commands,
         "data",
-        help="Validate, clean and split, check before training, or report on a data set.",
-        description="Data preparation: validate, prepare, doctor, report.",
+        "Validate, clean and split, check before training, or report on a data set.",
+        "Data preparation: validate, prepare, doctor, report.",
     )
-    actions = data.add_subparsers(title="actions", metavar="ACTION")
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
         return add_command(actions, name, summary, EXAMPLES[name])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from migaki.cli_parsing import add_command
+from migaki.cli_parsing import add_command, add_command_group
 
 EXAMPLE = (
     "migaki feedback export logs/ -o corrections.jsonl --as sft\n"
@@ -15,12 +15,12 @@ SHOWN_IDS = 10  # response ids listed per reason; the rest are counted
 
 def add_feedback_command(commands) -> None:
     """Register `migaki feedback ...` on the top-level subparsers."""
-    feedback = commands.add_parser(
+    actions = add_command_group(
+        commands,
         "feedback",
-        help="Turn the feedback `migaki serve` collected into training rows.",
-        description="Feedback on served answers: export.",
+        "Turn the feedback `migaki serve` collected into training rows.",
+        "Feedback on served answers: export.",
     )
-    actions = feedback.add_subparsers(title="actions", metavar="ACTION")
     export = add_command(
         actions,
         "export",

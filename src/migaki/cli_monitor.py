@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from migaki.cli_parsing import add_command
+from migaki.errors import UserError
 
 EXAMPLE = (
     "migaki monitor runs/faq --log logs/\n"
@@ -57,16 +58,22 @@ def _monitor(args: argparse.Namespace) -> int:
 
     figures = drift.monitor_run(args.run, args.log, encoder=args.encoder)
     out = Path(args.out or Path(args.log) / f"monitor-{Path(figures['run']).name}.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report.render_monitor_report(figures), encoding="utf-8")
+    _write(out, report.render_monitor_report(figures))
     written = [str(out)]
     if args.json_path:
-        text = json.dumps(figures, ensure_ascii=False, indent=1)
-        Path(args.json_path).write_text(text, encoding="utf-8")
+        _write(Path(args.json_path), json.dumps(figures, ensure_ascii=False, indent=1))
         written.append(args.json_path)
     _print_figures(figures)
     print(f"wrote {' and '.join(written)}")
     return FLAGGED if figures["flagged"] else 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write the report ({exc.strerror})") from None
 
 
 def _print_figures(report: dict) -> None:

@@ -18,5 +18,12 @@ def add_command(subparsers, name: str, summary: str, example: str) -> argparse.A
     return sub
 
 
+def add_command_group(commands, name: str, summary: str, description: str):
+    """A command whose actions follow it (`migaki data validate`): returns the subparsers to
+    add the actions to with `add_command`."""
+    group = commands.add_parser(name, help=summary, description=description)
+    return group.add_subparsers(title="actions", metavar="ACTION")
+
+
 def verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="show library warnings")

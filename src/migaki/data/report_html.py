@@ -73,15 +73,15 @@ def render_data_report(report: dict[str, Any]) -> str:
     omitted when missing or None. Plots need matplotlib; without it the tables still render."""
     built = [(anchor, title, build(report)) for anchor, title, build in SECTIONS]
     present = [(anchor, title, body) for anchor, title, body in built if body is not None]
-    nav = " · ".join(f'<a href="#{anchor}">{_esc(title)}</a>' for anchor, title, _ in present)
+    nav = " · ".join(f'<a href="#{anchor}">{esc(title)}</a>' for anchor, title, _ in present)
     sections = "".join(
-        f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
+        f'<section id="{anchor}"><h2>{esc(title)}</h2>{body}</section>'
         for anchor, title, body in present
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc('Data report: ' + str(report.get('file', '')))}</title>"
+        f"<title>{esc('Data report: ' + str(report.get('file', '')))}</title>"
         f"<style>{CSS}</style></head><body>"
         f"<h1>Data report</h1>{_summary(report)}"
         f"{f'<nav>{nav}</nav>' if nav else ''}{sections}"
@@ -105,7 +105,7 @@ def _summary(report: dict[str, Any]) -> str:
         ("Rows with personal data", (report.get("pii") or {}).get("rows")),
         ("Label imbalance (largest / smallest)", _imbalance(labels) if labels else None),
     ]
-    return _key_value_table([(key, value) for key, value in pairs if value is not None])
+    return key_value_table([(key, value) for key, value in pairs if value is not None])
 
 
 def _errors_section(report: dict[str, Any]) -> str | None:
@@ -117,7 +117,7 @@ def _errors_section(report: dict[str, Any]) -> str | None:
     rows = [(_line(ex.get("line")), ex.get("kind"), ex.get("message")) for ex in examples]
     return (
         by_kind
-        + _table(["Line", "Kind", "Message"], rows[:MAX_EXAMPLES], numeric=(0,), empty=False)
+        + html_table(["Line", "Kind", "Message"], rows[:MAX_EXAMPLES], numeric=(0,), empty=False)
         + _more_note(len(rows), MAX_EXAMPLES, "examples")
     )
 
@@ -130,7 +130,7 @@ def _lengths_section(report: dict[str, Any]) -> str | None:
     shown, unit = (tokens, "tokens") if tokens is not None else (chars, "characters")
     max_length = tokens.get("max_length") if tokens is not None else None
     png = _histogram_png(shown.get("histogram"), unit, max_length)
-    image = _image(png, f"Histogram of row lengths in {unit}")
+    image = img_tag(png, f"Histogram of row lengths in {unit}")
     return f'<div class="row">{image}<div>{_percentile_table(chars, tokens)}</div></div>' + (
         _token_note(tokens) if tokens is not None else ""
     )
@@ -142,9 +142,9 @@ def _labels_section(report: dict[str, Any]) -> str | None:
         return None
     counts = _sorted_counts(labels.get("counts"))
     field = labels.get("field")
-    intro = f"<p>Field <code>{_esc(field)}</code>. " if field else "<p>"
-    intro += f"Imbalance ratio (largest / smallest class): {_esc(_imbalance(labels))}.</p>"
-    image = _image(_bars_png(counts, "rows"), "Rows per label")
+    intro = f"<p>Field <code>{esc(field)}</code>. " if field else "<p>"
+    intro += f"Imbalance ratio (largest / smallest class): {esc(_imbalance(labels))}.</p>"
+    image = img_tag(_bars_png(counts, "rows"), "Rows per label")
     return intro + f'<div class="row">{image}{_counts_table("Label", counts)}</div>'
 
 
@@ -153,7 +153,7 @@ def _languages_section(report: dict[str, Any]) -> str | None:
     if languages is None:
         return None
     counts = _sorted_counts(languages)
-    image = _image(_bars_png(counts, "rows"), "Rows per language")
+    image = img_tag(_bars_png(counts, "rows"), "Rows per language")
     return f'<div class="row">{image}{_counts_table("Language", counts)}</div>'
 
 
@@ -162,7 +162,7 @@ def _duplicates_section(report: dict[str, Any]) -> str | None:
     if duplicates is None:
         return None
     clusters = duplicates.get("clusters") or []
-    overview = _key_value_table(
+    overview = key_value_table(
         [
             ("Rows in exact duplicates", duplicates.get("exact_rows")),
             ("Rows in near duplicates", duplicates.get("near_rows")),
@@ -172,7 +172,7 @@ def _duplicates_section(report: dict[str, Any]) -> str | None:
     )
     rows = [_cluster_row(cluster) for cluster in clusters[:MAX_CLUSTERS]]
     headers = ["Kind", "Size", "Lines", "Similarity", "Example 1", "Example 2"]
-    table = _table(headers, rows, numeric=(1, 3), empty=False)
+    table = html_table(headers, rows, numeric=(1, 3), empty=False)
     return overview + table + _more_note(len(clusters), MAX_CLUSTERS, "clusters")
 
 
@@ -181,14 +181,14 @@ def _pii_section(report: dict[str, Any]) -> str | None:
     if pii is None:
         return None
     counts = _sorted_counts(pii.get("by_type"))
-    image = _image(_bars_png(counts, "matches"), "Personal data matches per type")
-    intro = f"<p>{_esc(_fmt(pii.get('rows')))} rows hold personal data (excerpts are masked).</p>"
+    image = img_tag(_bars_png(counts, "matches"), "Personal data matches per type")
+    intro = f"<p>{esc(_fmt(pii.get('rows')))} rows hold personal data (excerpts are masked).</p>"
     examples = pii.get("examples") or []
     rows = [(_line(ex.get("line")), ex.get("type"), ex.get("excerpt")) for ex in examples]
     return (
         intro
         + f'<div class="row">{image}{_counts_table("Type", counts, shares=False)}</div>'
-        + _table(["Line", "Type", "Excerpt"], rows[:MAX_EXAMPLES], numeric=(0,), empty=False)
+        + html_table(["Line", "Type", "Excerpt"], rows[:MAX_EXAMPLES], numeric=(0,), empty=False)
         + _more_note(len(rows), MAX_EXAMPLES, "examples")
     )
 
@@ -236,10 +236,10 @@ def _filter_step(step: dict[str, Any]) -> str:
         headers = ["Line", "Reason", "Text"]
         rows = [(_line(ex.get("line")), ex.get("reason"), ex.get("text")) for ex in shown]
     return (
-        f"<h3>{_esc(step.get('step', 'step'))}</h3>"
-        f"<p>{_esc(changed)} rows changed, {_esc(removed)} rows removed.</p>"
+        f"<h3>{esc(step.get('step', 'step'))}</h3>"
+        f"<p>{esc(changed)} rows changed, {esc(removed)} rows removed.</p>"
         + _counts_table("Reason", _sorted_counts(step.get("reasons")), shares=False)
-        + _table(headers, rows, numeric=(0,), empty=False)
+        + html_table(headers, rows, numeric=(0,), empty=False)
         + _more_note(len(examples), MAX_STEP_EXAMPLES, "examples")
     )
 
@@ -266,18 +266,18 @@ def _percentile_table(chars: dict[str, Any] | None, tokens: dict[str, Any] | Non
     keys += sorted({key for _, p in columns for key in p} - set(keys))
     rows = [[key, *(p.get(key) for _, p in columns)] for key in keys]
     numeric = tuple(range(1, len(columns) + 1))
-    return _table(["", *(name for name, _ in columns)], rows, numeric=numeric)
+    return html_table(["", *(name for name, _ in columns)], rows, numeric=numeric)
 
 
 def _token_note(tokens: dict[str, Any]) -> str:
     parts = []
     if tokens.get("tokenizer"):
-        parts.append(f"Tokenizer: {_esc(tokens['tokenizer'])}.")
+        parts.append(f"Tokenizer: {esc(tokens['tokenizer'])}.")
     if tokens.get("max_length") is not None:
         over = tokens.get("over_max_length")
-        parts.append(f"max_length {_esc(_fmt(tokens['max_length']))} (red line)")
+        parts.append(f"max_length {esc(_fmt(tokens['max_length']))} (red line)")
         if over is not None:
-            parts[-1] += f"; {_esc(_fmt(over))} rows are longer"
+            parts[-1] += f"; {esc(_fmt(over))} rows are longer"
         parts[-1] += "."
     return f'<p class="note">{" ".join(parts)}</p>' if parts else ""
 
@@ -309,10 +309,10 @@ def _sorted_counts(counts: dict[str, int] | None) -> list[tuple[str, int]]:
     return sorted((counts or {}).items(), key=lambda item: (-item[1], str(item[0])))
 
 
-# --- HTML helpers: every value passes through _fmt and _esc exactly once ---
+# --- HTML helpers: every value passes through _fmt and esc exactly once ---
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -341,7 +341,7 @@ def _line_list(lines: Sequence[Any]) -> str:
     return shown + (f", … (+{extra})" if extra > 0 else "")
 
 
-def _table(
+def html_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[Any]],
     numeric: Sequence[int] = (),
@@ -352,7 +352,7 @@ def _table(
     body = "".join(
         "<tr>"
         + "".join(
-            ('<td class="num">' if i in numeric else "<td>") + f"{_esc(_fmt(value))}</td>"
+            ('<td class="num">' if i in numeric else "<td>") + f"{esc(_fmt(value))}</td>"
             for i, value in enumerate(row)
         )
         + "</tr>"
@@ -360,13 +360,13 @@ def _table(
     )
     if not body and not empty:
         return ""
-    head = "".join(f"<th>{_esc(name)}</th>" for name in headers)
+    head = "".join(f"<th>{esc(name)}</th>" for name in headers)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _key_value_table(pairs: Iterable[tuple[str, Any]]) -> str:
+def key_value_table(pairs: Iterable[tuple[str, Any]]) -> str:
     body = "".join(
-        f"<tr><th>{_esc(key)}</th><td>{_esc(_fmt(value))}</td></tr>" for key, value in pairs
+        f"<tr><th>{esc(key)}</th><td>{esc(_fmt(value))}</td></tr>" for key, value in pairs
     )
     return f"<table><tbody>{body}</tbody></table>"
 
@@ -378,7 +378,7 @@ def _counts_table(name: str, counts: list[tuple[str, int]], shares: bool = True)
         for key, n in counts[:MAX_TABLE_ROWS]
     ]
     headers = [name, "Rows", "Share"] if shares else [name, "Count"]
-    table = _table(headers, rows, numeric=(1, 2))
+    table = html_table(headers, rows, numeric=(1, 2))
     return f"<div>{table}{_more_note(len(counts), MAX_TABLE_ROWS, 'rows')}</div>"
 
 
@@ -388,11 +388,11 @@ def _more_note(total: int, shown: int, what: str) -> str:
     return f'<p class="note">Showing {shown} of {total:,} {what}.</p>'
 
 
-def _image(png: bytes | None, alt: str) -> str:
+def img_tag(png: bytes | None, alt: str) -> str:
     if png is None:
         return ""
     data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}" width="560">'
+    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}" width="560">'
 
 
 # --- plots ---
@@ -414,7 +414,7 @@ def _histogram_png(histogram: dict[str, Any] | None, unit: str, max_length: Any)
         ax.set_xlabel(unit)
         ax.set_ylabel("rows")
 
-    return _render_png(draw, (5.6, 2.8))
+    return render_png(draw, (5.6, 2.8))
 
 
 def _bars_png(counts: list[tuple[str, int]], xlabel: str) -> bytes | None:
@@ -431,10 +431,10 @@ def _bars_png(counts: list[tuple[str, int]], xlabel: str) -> bytes | None:
         ax.margins(x=0.15)
         ax.set_xlabel(xlabel)
 
-    return _render_png(draw, (5.6, 0.9 + 0.28 * len(shown)))
+    return render_png(draw, (5.6, 0.9 + 0.28 * len(shown)))
 
 
-def _render_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes | None:
+def render_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes | None:
     """Draw on a fresh Agg figure and return PNG bytes, or None without matplotlib.
 
     A bare Figure with its own Agg canvas touches no pyplot state, so nothing global is

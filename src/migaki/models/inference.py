@@ -4,6 +4,8 @@ allows (a classifier does not generate) is for the caller to ask (`migaki.tasks`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +47,25 @@ def load_for_inference(target: str | Path, tuned: bool = True, verify: bool = Fa
     )
     model = load_causal_lm(source)
     if final is not None:
-        try:
+        with named_final_errors(final):
             model = load_final(recipe.method.name, model, str(final))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            # a final/ written before file manifests has nothing to check it against
-            raise UserError(
-                f"{final}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); the "
-                "run's result is damaged: copy it again or train the run again"
-            ) from None
     model.eval()
     device = inference_device()
     model.to(device)
     return LoadedModel(model, tokenizer, recipe, choose_precision("auto", device))
+
+
+@contextmanager
+def named_final_errors(final: Path) -> Iterator[None]:
+    """Turn a failure to load a run's final/ into one UserError naming it: a final/ written
+    before file manifests has nothing to check it against."""
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"{final}: cannot be loaded ({type(exc).__name__}: {_first_line(exc)}); the "
+            "run's result is damaged: copy it again or train the run again"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -136,12 +136,13 @@ def training_rows(run: Path, recipe) -> list[tuple[int, str, str]]:
     """(line, user text, whole row's text) of each training row with a user text. Raises
     UserError when the run has no training split, DataError (FILE:LINE) for a bad row."""
     path = run / "data" / "train.jsonl"
-    if not path.is_file() or not path.read_text(encoding="utf-8").strip():
+    records = read_records(path) if path.is_file() else []
+    if not records:
         raise UserError(
             f"{path}: the run has no training split to compare with (was it trained by migaki?)"
         )
     label_column, rendering = recipe.data.label_column, recipe.data.choice_prompt
-    examples, problems, _ = convert_records(read_records(path), "auto", label_column, rendering)
+    examples, problems, _ = convert_records(records, "auto", label_column, rendering)
     if problems:
         raise problems[0]
     rows = [(e.line, _user_text(e), _whole_text(e)) for e in examples]
@@ -171,10 +172,13 @@ def served_requests(log_dir: str | Path, run: Path) -> tuple[list[LoggedRequest]
     {model: count}, "no user text": count}. Raises UserError when none is left."""
     requests = read_requests(log_dir)
     target = run.resolve()
+    resolved = {  # once per run named in the log, not once per request
+        name: Path(name).expanduser().resolve() for name in {r.run for r in requests if r.run}
+    }
 
     def served(request: LoggedRequest) -> bool:
         if request.run is not None:
-            return Path(request.run).expanduser().resolve() == target
+            return resolved[request.run] == target
         return request.model == target.name
 
     mine = [r for r in requests if served(r)]

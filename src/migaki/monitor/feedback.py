@@ -254,9 +254,10 @@ def _write_valid(rows: list[dict], out: Path, result: FeedbackExport) -> None:
                 f"{out}: the data validation refused every row ({len(rows)}), e.g. response "
                 f"{first[0]}: {first[1]}"
             )
-        _write_jsonl(draft, kept)
-        if _validate(draft).problems:  # rows valid one by one stay valid together
-            raise RuntimeError(f"the rows left for {out} still fail validation")
+        if refused:
+            _write_jsonl(draft, kept)
+            if _validate(draft).problems:  # rows valid one by one stay valid together
+                raise RuntimeError(f"the rows left for {out} still fail validation")
         os.replace(draft, out)
         result.rows = len(kept)
     finally:

@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-# The data report's building blocks, reused rather than copied (private there: no other
-# module needed them yet).
-from migaki.data.report_html import CSS, _esc, _image, _key_value_table, _render_png, _table
+# The data report's building blocks, so both pages read alike
+from migaki.data.report_html import (
+    CSS,
+    esc,
+    html_table,
+    img_tag,
+    key_value_table,
+    render_png,
+)
 
 TRAIN_COLOUR, TRAFFIC_COLOUR = "#4c78a8", "#e45756"
 EXTRA_CSS = ".flag{color:#b00020;font-weight:600}.ok{color:#2e7d32}"
@@ -30,20 +36,20 @@ def render_monitor_report(report: dict[str, Any]) -> str:
         ("embeddings", "Embeddings", _embeddings(figures["embeddings"], report["encoder"])),
         ("farthest", "Farthest from the training data", _farthest(report["farthest"])),
     ]
-    nav = " · ".join(f'<a href="#{anchor}">{_esc(title)}</a>' for anchor, title, _ in sections)
+    nav = " · ".join(f'<a href="#{anchor}">{esc(title)}</a>' for anchor, title, _ in sections)
     body = "".join(
-        f'<section id="{anchor}"><h2>{_esc(title)}</h2>{html}</section>'
+        f'<section id="{anchor}"><h2>{esc(title)}</h2>{html}</section>'
         for anchor, title, html in sections
     )
     verdict = (
-        f'<p class="flag">Drift flagged: {_esc(", ".join(report["flagged"]))}.</p>'
+        f'<p class="flag">Drift flagged: {esc(", ".join(report["flagged"]))}.</p>'
         if report["flagged"]
         else '<p class="ok">No figure passes its threshold.</p>'
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_esc('Traffic drift: ' + report['run'])}</title>"
+        f"<title>{esc('Traffic drift: ' + report['run'])}</title>"
         f"<style>{CSS}{EXTRA_CSS}</style></head><body>"
         f"<h1>Traffic drift</h1>{verdict}{_summary(report)}<nav>{nav}</nav>{body}"
         '<p class="note">Written by migaki monitor.</p></body></html>\n'
@@ -53,7 +59,7 @@ def render_monitor_report(report: dict[str, Any]) -> str:
 def _summary(report: dict[str, Any]) -> str:
     left_out = report["left_out"]
     others = ", ".join(f"{m} ({n})" for m, n in left_out["other models"].items()) or "none"
-    return _key_value_table(
+    return key_value_table(
         [
             ("Run", report["run"]),
             ("Log", report["log"]),
@@ -72,14 +78,14 @@ def _figures_table(report: dict[str, Any]) -> str:
     for figure in report["figures"].values():
         mark = '<td class="flag">flagged</td>' if figure["flagged"] else '<td class="ok">ok</td>'
         cells = [figure["value"], figure["threshold"], figure["p_value"]]
-        numbers = "".join(f'<td class="num">{_esc(_number(v))}</td>' for v in cells)
-        rows.append(f"<tr><td>{_esc(figure['title'])}</td>{numbers}{mark}</tr>")
+        numbers = "".join(f'<td class="num">{esc(_number(v))}</td>' for v in cells)
+        rows.append(f"<tr><td>{esc(figure['title'])}</td>{numbers}{mark}</tr>")
     head = "".join(f"<th>{name}</th>" for name in ("Figure", "Value", "Threshold", "p", ""))
     p_value = report["thresholds"]["p_value"]
     note = (
         f'<p class="note">A figure is flagged when its value passes its threshold and its '
         f"permutation p-value ({report['thresholds']['permutations']} shuffles, fixed seed) is "
-        f"below {_esc(_number(p_value))}: a small log differs from the training data by chance."
+        f"below {esc(_number(p_value))}: a small log differs from the training data by chance."
         "</p>"
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>{note}"
@@ -88,7 +94,7 @@ def _figures_table(report: dict[str, Any]) -> str:
 def _lengths(figure: dict[str, Any]) -> str:
     histogram = figure["histogram"]
     png = _overlay_png(histogram["edges"], histogram["train"], histogram["traffic"], "tokens")
-    table = _table(
+    table = html_table(
         ["", "Training rows", "Requests"],
         [
             (key, _number(figure["train"][key]), _number(figure["traffic"][key]))
@@ -96,7 +102,7 @@ def _lengths(figure: dict[str, Any]) -> str:
         ],
         numeric=(1, 2),
     )
-    image = _image(png, "Input lengths: training rows and requests")
+    image = img_tag(png, "Input lengths: training rows and requests")
     return f'<div class="row">{image}{table}</div>'
 
 
@@ -106,9 +112,9 @@ def _languages(figure: dict[str, Any]) -> str:
         (lang, _percent(figure["train"][lang]), _percent(figure["traffic"][lang]))
         for lang in languages
     ]
-    table = _table(["Language", "Training rows", "Requests"], rows, numeric=(1, 2))
+    table = html_table(["Language", "Training rows", "Requests"], rows, numeric=(1, 2))
     png = _paired_bars_png(languages, figure["train"], figure["traffic"])
-    return f'<div class="row">{_image(png, "Language shares")}{table}</div>'
+    return f'<div class="row">{img_tag(png, "Language shares")}{table}</div>'
 
 
 def _rare(figure: dict[str, Any], rare_count: int) -> str:
@@ -121,7 +127,7 @@ def _rare(figure: dict[str, Any], rare_count: int) -> str:
         '<p class="note">Share of tokens (the run\'s tokenizer). Training rows are counted each '
         "against the other rows: what text like the training data gives.</p>"
     )
-    return _table(["Tokens", "Training rows", "Requests"], shown, numeric=(1, 2)) + note
+    return html_table(["Tokens", "Training rows", "Requests"], shown, numeric=(1, 2)) + note
 
 
 def _pii(figure: dict[str, Any]) -> str:
@@ -137,7 +143,7 @@ def _pii(figure: dict[str, Any]) -> str:
         '<p class="note">Requests: what serve masked before logging. Training rows: what '
         "is found in them, or placeholders showing it was masked before training.</p>"
     )
-    return _table(["", "Training rows", "Requests"], rows, numeric=(1, 2)) + note
+    return html_table(["", "Training rows", "Requests"], rows, numeric=(1, 2)) + note
 
 
 def _embeddings(figure: dict[str, Any], encoder: str) -> str:
@@ -146,7 +152,7 @@ def _embeddings(figure: dict[str, Any], encoder: str) -> str:
     png = _overlay_png(
         edges, nearest["train"]["counts"], nearest["traffic"]["counts"], "cosine similarity"
     )
-    table = _key_value_table(
+    table = key_value_table(
         [
             ("Encoder", encoder),
             ("Centroid cosine distance", _number(figure["value"])),
@@ -159,9 +165,9 @@ def _embeddings(figure: dict[str, Any], encoder: str) -> str:
         ]
     )
     alt = "Similarity to the nearest training row"
-    scatter = _image(_scatter_png(figure["projection"]), "Embeddings on two principal axes")
+    scatter = img_tag(_scatter_png(figure["projection"]), "Embeddings on two principal axes")
     return (
-        f'<div class="row">{_image(png, alt)}{table}</div>'
+        f'<div class="row">{img_tag(png, alt)}{table}</div>'
         f'<p class="note">{alt}: of each request, and of each training row to the other rows '
         "(left). Below: both samples on the first two principal axes.</p>" + scatter
     )
@@ -180,7 +186,7 @@ def _farthest(farthest: list[dict[str, Any]]) -> str:
     ]
     headers = ["Log line", "Time", "Request", "Similarity", "Nearest training row (line: text)"]
     note = '<p class="note">Lowest similarity to any training row first.</p>'
-    return _table(headers, rows, numeric=(0, 3)) + note
+    return html_table(headers, rows, numeric=(0, 3)) + note
 
 
 def _number(value: Any) -> str:
@@ -208,7 +214,7 @@ def _overlay_png(edges: list[float], train: list[int], traffic: list[int], unit:
         ax.set_ylabel("share")
         ax.legend(fontsize=8)
 
-    return _render_png(draw, (5.6, 2.8))
+    return render_png(draw, (5.6, 2.8))
 
 
 def _paired_bars_png(names: list[str], train: dict[str, float], traffic: dict[str, float]):
@@ -232,7 +238,7 @@ def _paired_bars_png(names: list[str], train: dict[str, float], traffic: dict[st
         ax.set_ylabel("share")
         ax.legend(fontsize=8)
 
-    return _render_png(draw, (4.0, 2.6))
+    return render_png(draw, (4.0, 2.6))
 
 
 def _scatter_png(projection: dict[str, list]):
@@ -254,4 +260,4 @@ def _scatter_png(projection: dict[str, list]):
         ax.set_ylabel("second principal axis")
         ax.legend(fontsize=8)
 
-    return _render_png(draw, (5.6, 4.0))
+    return render_png(draw, (5.6, 4.0))

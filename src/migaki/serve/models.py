@@ -18,7 +18,7 @@ from migaki.data.tokenize import render_prompt
 from migaki.errors import UserError
 from migaki.methods import SWITCHABLE
 from migaki.models import load_causal_lm, load_tokenizer, resolve
-from migaki.models.inference import load_for_inference
+from migaki.models.inference import load_for_inference, named_final_errors
 from migaki.models.templates import end_of_turn_ids
 from migaki.precision import choose_precision, inference_device
 from migaki.rundir import final_dir, is_run, load_run_recipe
@@ -119,14 +119,15 @@ class ModelPool:
         base_name = recipe.model.base
         source = resolve(base_name, recipe.model.accept_license)
         shared = self._bases.get(base_name)
-        if shared is None:
-            base = load_causal_lm(source)
-            shared = PeftModel.from_pretrained(base, str(final), adapter_name=name)
-            shared.eval().to(inference_device())
-            self._bases[base_name] = shared
-        else:
-            shared.load_adapter(str(final), adapter_name=name)
-            shared.to(inference_device())
+        with named_final_errors(final):
+            if shared is None:
+                base = load_causal_lm(source)
+                shared = PeftModel.from_pretrained(base, str(final), adapter_name=name)
+                shared.eval().to(inference_device())
+                self._bases[base_name] = shared
+            else:
+                shared.load_adapter(str(final), adapter_name=name)
+                shared.to(inference_device())
         tokenizer = load_tokenizer(
             source, recipe.model.trust_remote_code, chat_template=recipe.model.chat_template
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,26 @@ def check_options(options: ServeOptions) -> None:
         raise UserError(f"--runs {options.runs_root}: no such folder")
     if not 0 < options.port < 65536:
         raise UserError(f"--port {options.port}: not a port number")
+    _check_free(options.host, options.port)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Refuse a port another program holds before minutes go into loading models (uvicorn
+    would find out only then, and exit 1 with a log line)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address here ({exc.strerror})") from None
+    family, kind, _, _, address = infos[0]
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UserError(
+                f"--port {port}: cannot listen on {host} ({exc.strerror}); another server may "
+                "hold it: choose another --port"
+            ) from None
 
 
 def build_state(options: ServeOptions) -> ServeState:
