@@ -422,8 +422,11 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 where the hardware has it, else fp32."
     )
     log_every: int = Field(1, ge=1, description="Write the training loss every N steps.")
-    track: list[Literal["tensorboard"]] = Field(
-        default_factory=list, description="Extra trackers beside metrics.jsonl."
+    track: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list,
+        description="Trackers beside metrics.jsonl, through accelerate: tensorboard (RUN/"
+        "tensorboard), mlflow (a local store, RUN/mlruns, unless MLFLOW_TRACKING_URI is set), "
+        "wandb (offline unless the user has logged in).",
     )
     init_from: str | None = Field(
         None, description="Start from an earlier run's final/ (its run directory); --init-from."
@@ -443,9 +446,135 @@ class TrainConfig(Section):
         return value
 
 
+class JudgeConfig(Section):
+    model: str = Field(
+        description="The judging model: a bundled alias, a local model folder or a run directory."
+    )
+    rubric: str = Field(
+        "Rate how well the answer responds to the question and agrees with the reference "
+        "answer: 5 correct and complete, 3 partly correct, 1 wrong or off topic.",
+        description="What the judge is asked to rate; it answers with one score per row.",
+    )
+    scale: int = Field(5, ge=2, le=10, description="Highest score (1 is the lowest).")
+    max_rows: int | None = Field(
+        100, ge=1, description="Rows judged (the first ones); null: all."
+    )
+
+
+class CounterfactualConfig(Section):
+    swaps: list[tuple[str, str]] = Field(
+        min_length=1,
+        description="Term pairs swapped in each input, both ways (e.g. [彼, 彼女], [he, she], "
+        "[Tanaka, Suzuki]); a changed label or answer is counted.",
+    )
+    max_rows: int | None = Field(
+        200, ge=1, description="Rows that contain a term, tested (the first ones); null: all."
+    )
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(96, ge=1, le=8192, description="Longest generated answer.")
     samples: int = Field(3, ge=0, description="Example answers shown side by side.")
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Rows generated (or choices scored) per forward pass."
+    )
+    format: str = Field(
+        "text",
+        description="What an answer must be: text (anything), json (parses as JSON), or a "
+        "JSON schema file (.json) the parsed answer must validate against.",
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="A local model that rates each answer with a rubric, reported apart."
+    )
+    slices: list[str] = Field(
+        default_factory=list,
+        description="Row fields to report metrics per value of (e.g. [product, channel]); the "
+        "largest gap is flagged.",
+    )
+    counterfactual: CounterfactualConfig | None = Field(
+        None, description="Swap terms in the inputs and count changed labels or answers."
+    )
+    forgetting: bool = Field(
+        True,
+        description="Loss of base and tuned model on a general reference text (train.forgetting"
+        ".data, or the Japanese and English text migaki ships), flagged above train.forgetting"
+        ".max_increase (0.1 without it).",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _format_or_schema(cls, value: str) -> str:
+        if value not in ("text", "json") and not value.endswith(".json"):
+            raise ValueError("must be text, json, or a JSON schema file ending in .json")
+        return value
+
+
+COMPARE_SYSTEMS = ("base", "few_shot", "rag", "tuned", "tuned_rag")
+
+
+class CompareConfig(Section):
+    documents: list[str] = Field(
+        default_factory=list,
+        description="Files or folders (.txt, .md, .jsonl) that RAG retrieves passages from; "
+        "empty: the training split's answers.",
+    )
+    k: int = Field(4, ge=1, le=64, description="Few-shot examples or retrieved passages per row.")
+    systems: list[Literal["base", "few_shot", "rag", "tuned", "tuned_rag"]] = Field(
+        default_factory=lambda: list(COMPARE_SYSTEMS), min_length=1, description="Systems compared."
+    )
+    chunk_chars: int = Field(
+        600, ge=50, le=20000, description="Characters per document passage (split at paragraphs)."
+    )
+    retrieval: Literal["hybrid", "bm25", "embedding"] = Field(
+        "hybrid",
+        description="hybrid: BM25 (Japanese-aware tokens) and MiniLM embeddings fused by rank.",
+    )
+    encoder: str = Field(
+        "minilm-l6", description="Sentence encoder for few-shot choice and retrieval."
+    )
+
+
+class SweepParameter(Section):
+    low: float | None = Field(None, description="Lowest value of a numeric range.")
+    high: float | None = Field(None, description="Highest value of a numeric range.")
+    log: bool = Field(False, description="Sample the range on a log scale.")
+    step: float | None = Field(None, gt=0, description="Step of an integer or discrete range.")
+    choices: list[Any] | None = Field(None, min_length=1, description="Values to choose from.")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SweepParameter:
+        ranged = self.low is not None or self.high is not None
+        if self.choices is not None and (ranged or self.log or self.step is not None):
+            raise ValueError("give either choices or low/high, not both")
+        if self.choices is None:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both low and high (or give choices)")
+            if self.low >= self.high:
+                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("a log range needs low above 0")
+            if self.log and self.step is not None:
+                raise ValueError("a log range takes no step")
+        return self
+
+
+class SweepConfig(Section):
+    space: dict[str, SweepParameter] = Field(
+        min_length=1,
+        description="Recipe keys (dotted, e.g. train.lr, method.lora_rank) and their ranges.",
+    )
+    metric: str = Field(
+        "loss", description="Validation figure the sweep optimises (its last value per trial)."
+    )
+    direction: Literal["minimize", "maximize"] = Field(
+        "minimize", description="Whether lower or higher `metric` is better."
+    )
+    pruner: Literal["median", "none"] = Field(
+        "median", description="Stop a trial whose validation loss is worse than the median."
+    )
+    startup_trials: int = Field(
+        3, ge=0, description="Trials that run to the end before any is pruned."
+    )
 
 
 class EstimateConfig(Section):
@@ -470,6 +599,8 @@ class Recipe(Section):
     estimate: EstimateConfig = Field(default_factory=EstimateConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    sweep: SweepConfig | None = Field(None, description="Search space of `migaki sweep`.")
     _source: str = PrivateAttr("recipe")  # the file it was read from, for error messages
 
     @property
@@ -489,6 +620,9 @@ class Recipe(Section):
                 f"train.layer_lr_decay applies to methods {', '.join(WHOLE_WEIGHTS)} "
                 f"(not {self.method.name}): an adapter's weights sit beside every layer alike"
             )
+        for key in self.sweep.space if self.sweep else ():
+            if not _is_recipe_key(key):
+                raise ValueError(f"sweep.space.{key}: not a recipe key (e.g. train.lr)")
         if self.preference.label_smoothing and self.preference.loss_type != "sigmoid":
             raise ValueError(
                 "preference.label_smoothing applies to loss_type sigmoid only "
@@ -596,13 +730,32 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     holders = [(recipe.data, "train"), (recipe.data, "val"), (recipe.data, "test")]
     holders += [(cfg, "init_from"), (cfg.replay, "data"), (cfg.forgetting, "data")]
     holders += [(recipe.distill, "teacher"), (recipe.model, "chat_template")]
+    holders += [(recipe.eval, "format"), (recipe.eval.judge, "model")]
     for holder, key in holders:
         value = getattr(holder, key, None) if holder is not None else None
         if value and not Path(value).is_absolute() and not Path(value).exists():
             candidate = base_dir / value
             if candidate.exists():
                 setattr(holder, key, str(candidate))
+    recipe.compare.documents = [
+        str(base_dir / doc) if not Path(doc).exists() and (base_dir / doc).exists() else doc
+        for doc in recipe.compare.documents
+    ]
     return recipe
+
+
+def _is_recipe_key(dotted: str) -> bool:
+    """Whether `dotted` (section.field...) names a field of the recipe schema, through nested
+    sections (optional ones included)."""
+    section: type[BaseModel] | None = Recipe
+    for part in dotted.split("."):
+        if section is None or part not in section.model_fields:
+            return False
+        annotation = section.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        section = nested[0] if nested else None
+    return section is None  # a leaf: a whole section cannot be swept
 
 
 def _describe(error: dict[str, Any]) -> str:
