@@ -13,11 +13,13 @@ import signal
 import sys
 
 from migaki import __version__
+from migaki.cli_compare import add_compare_command
 from migaki.cli_data import add_data_command
 from migaki.cli_feedback import add_feedback_command
 from migaki.cli_monitor import add_monitor_command
 from migaki.cli_parsing import add_command
 from migaki.cli_serve import add_serve_command
+from migaki.cli_sweep import add_sweep_command
 from migaki.errors import Interrupted, UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -225,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_command(commands)
     add_feedback_command(commands)
+    add_compare_command(commands)
+    add_sweep_command(commands)
     add_monitor_command(commands)
     add_serve_command(commands)
 

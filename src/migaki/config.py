@@ -456,9 +456,7 @@ class JudgeConfig(Section):
         description="What the judge is asked to rate; it answers with one score per row.",
     )
     scale: int = Field(5, ge=2, le=10, description="Highest score (1 is the lowest).")
-    max_rows: int | None = Field(
-        100, ge=1, description="Rows judged (the first ones); null: all."
-    )
+    max_rows: int | None = Field(100, ge=1, description="Rows judged (the first ones); null: all.")
 
 
 class CounterfactualConfig(Section):
