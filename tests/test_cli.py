@@ -85,7 +85,7 @@ def test_eval_generate_and_chat_on_a_run(tmp_path, recipe_file, capsys, monkeypa
     assert code == 0 and "perplexity" in out and "fact_accuracy" in out
     result = json.loads((run / "eval.json").read_text())
     assert set(result["systems"]) == {"tuned", "base"} and result["rows"] == 3
-    assert (run / "report.html").read_text().startswith("<!doctype html>")
+    assert (run / "report.html").read_text().lower().startswith("<!doctype html>")
     code, out, _ = run_cli(
         capsys, "generate", run, "--prompt", "How much is product 2?", "--max-new-tokens", "5"
     )

@@ -17,6 +17,7 @@ from migaki.errors import Interrupted, UserError
 from migaki.estimate import estimate as run_estimate
 from migaki.evaluate import evaluate as run_evaluation
 from migaki.evaluate import generate_answers, load_for_generation
+from migaki.evaluate.compare import compare as run_comparison
 from migaki.export import export as run_export
 from migaki.models import bundled
 from migaki.quickstart import run_quickstart
@@ -95,18 +96,52 @@ def evaluate(args: argparse.Namespace) -> None:
         label_column=args.label_column,
         verify=args.verify,
     )
-    systems = result["systems"]
-    keys = sorted({k for metrics in systems.values() for k in metrics})
     print(f"{result['rows']} rows from {result['data']}")
+    _print_metric_table(result["systems"])
+
+
+def compare(args: argparse.Namespace) -> None:
+    result = run_comparison(
+        args.target,
+        data=args.data,
+        systems=args.systems,
+        k=args.k,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        metric=args.metric,
+        overrides=args.overrides,
+    )
+    systems = result["systems"]
+    print(f"{result['rows']} rows from {result['data']}, k={result['k']}")
+    table = {name: dict(entry["metrics"]) for name, entry in systems.items()}
+    for name, entry in systems.items():
+        table[name] |= {
+            "~ seconds per row": entry["latency_s"],
+            "~ prompt tokens per call": entry["prompt_tokens"],
+        }
+    _print_metric_table(table, mark=result["primary"])
+    training = result["training"]
+    if training:
+        print(f"training: {training['minutes']:.1f} min, {training['steps']} steps, once")
+    print()
+    print(textwrap.fill(result["recommendation"], width=100))
+    if Path(args.target).is_dir():
+        print(f"written: {Path(args.target) / 'compare.json'}, {Path(args.target) / 'report.html'}")
+
+
+def _print_metric_table(systems: dict[str, dict[str, float]], mark: str | None = None) -> None:
+    """Metrics as rows, systems as columns; `mark` (the figure a decision weighs) starred."""
+    keys = sorted({k for metrics in systems.values() for k in metrics})
     widths = {name: max(12, len(name) + 2) for name in systems}
-    first = max([16, *(len(key) + 2 for key in keys)])
+    first = max([16, *(len(key) + 4 for key in keys)])
     print(f"{'metric':<{first}}" + "".join(f"{name:>{widths[name]}}" for name in systems))
     for key in keys:
         cells = (
             _cell(systems[n][key], widths[n]) if key in systems[n] else f"{'-':>{widths[n]}}"
             for n in systems
         )
-        print(f"{key:<{first}}" + "".join(cells))
+        shown = f"{key} *" if key == mark else key
+        print(f"{shown:<{first}}" + "".join(cells))
 
 
 def _cell(value: float, width: int) -> str:

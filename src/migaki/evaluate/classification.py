@@ -1,11 +1,14 @@
 """Evaluating a classification run: accuracy, macro F1, per-label precision/recall/F1, the
 confusion matrix, the most confident mistakes, and the majority-class baseline (what a model
-that always answers the most common training label would score: the honest floor)."""
+that always answers the most common training label would score: the honest floor); error
+analysis (errors.csv beside eval.json), accuracy per slice (`eval.slices`) and the
+counterfactual test (`eval.counterfactual`)."""
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,16 @@ from migaki import models
 from migaki.config import Recipe
 from migaki.data.classify import collate_classification, tokenize_classification
 from migaki.data.formats import Example, to_examples
+from migaki.data.heuristics import language_of
 from migaki.data.load import scan_records, with_text_column
 from migaki.errors import UserError
+from migaki.evaluate.analysis import error_analysis, write_error_csv
+from migaki.evaluate.slices import counterfactual_report, counterfactual_rows, slice_metrics
 from migaki.metrics import f1_macro
 from migaki.rundir import final_dir
 
 MISTAKES_SHOWN = 20
+ERRORS_CSV = "errors.csv"
 
 
 def evaluate_classifier(
@@ -39,8 +46,8 @@ def evaluate_classifier(
     tokenizer = models.load_tokenizer(models.ModelSource("final", final, "local"), chat=False)
     model = load_classifier(run, recipe, labels, tokenizer.pad_token_id)
     rows, report = tokenize_classification(examples, tokenizer, labels, recipe.data.max_length)
-    kept = [e for e in examples if e.label in labels]
-    probabilities = _predict(model, rows, tokenizer.pad_token_id)
+    kept = [e for e in examples if e.label in labels]  # the examples of `rows`, in order
+    probabilities = predict_labels(model, rows, tokenizer.pad_token_id)
     predicted = probabilities.argmax(dim=-1)
     truth = torch.tensor([row.label for row in rows])
     confusion = torch.bincount(truth * len(labels) + predicted, minlength=len(labels) ** 2)
@@ -51,6 +58,10 @@ def evaluate_classifier(
     }
     majority = _majority_label(run, labels)
     baseline = {"accuracy": float((truth == labels.index(majority)).double().mean())}
+    records = classification_records(kept, truth, probabilities, labels)
+    analysis = error_analysis(records, "correct", labels, worst=MISTAKES_SHOWN)
+    write_error_csv(run / ERRORS_CSV, records, "correct")
+    analysis["csv"] = ERRORS_CSV
     result = {
         "target": str(run),
         "task": "classification",
@@ -60,11 +71,61 @@ def evaluate_classifier(
         "systems": {"tuned": tuned, f"majority ({majority})": baseline},
         "per_label": _per_label(confusion, labels),
         "confusion": {"labels": labels, "matrix": confusion.tolist()},
-        "mistakes": _mistakes(kept, truth, predicted, probabilities, labels),
+        # the confident mistakes are `mistakes`, kept in their own shape
+        "mistakes": _mistakes(analysis.pop("worst_by_confidence")),
+        "analysis": analysis,
     }
+    if recipe.eval.slices:
+        result["slices"] = slice_metrics(records, recipe.eval.slices, ["correct"])
+    if recipe.eval.counterfactual is not None:
+        result["counterfactual"] = _counterfactual(
+            model, tokenizer, recipe, kept, predicted, labels
+        )
     (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     (run / "report.html").write_text(render_html(result), encoding="utf-8")
     return result
+
+
+def classification_records(
+    examples: list[Example], truth: torch.Tensor, probabilities: torch.Tensor, labels: list[str]
+) -> list[dict[str, Any]]:
+    """One row record (`evaluate.analysis`) per classified example: its text as the prompt,
+    the true label as the reference, the predicted label as the answer, correct (0/1),
+    confidence (the predicted label's probability) and loss (-log p of the true label)."""
+    predicted = probabilities.argmax(dim=-1)
+    records = []
+    for index, example in enumerate(examples):
+        true, pick = int(truth[index]), int(predicted[index])
+        records.append(
+            {
+                "index": index,
+                "line": example.line,
+                "kind": "classification",
+                "prompt": example.text,
+                "reference": labels[true],
+                "answer": labels[pick],
+                "language": language_of(example.text or ""),
+                "correct": int(true == pick),
+                "confidence": float(probabilities[index, pick]),
+                "loss": -math.log(max(float(probabilities[index, true]), 1e-12)),
+                "meta": example.meta,
+            }
+        )
+    return records
+
+
+def _counterfactual(model, tokenizer, recipe: Recipe, kept, predicted, labels) -> dict[str, Any]:
+    """The labels of the rows that hold a swapped term, predicted again on the swapped texts."""
+    config = recipe.eval.counterfactual
+    originals, swapped = counterfactual_rows(kept, config.swaps, config.max_rows)
+    position = {id(example): index for index, example in enumerate(kept)}
+    before = [labels[int(predicted[position[id(e)]])] for e in originals]
+    after = []
+    if swapped:
+        rows, _ = tokenize_classification(swapped, tokenizer, labels, recipe.data.max_length)
+        picks = predict_labels(model, rows, tokenizer.pad_token_id).argmax(dim=-1)
+        after = [labels[int(i)] for i in picks]
+    return counterfactual_report(before, after, originals, swapped)
 
 
 def labelled_examples(
@@ -106,7 +167,8 @@ def load_classifier(run: Path, recipe: Recipe, labels: list[str], pad_token_id: 
 
 
 @torch.no_grad()
-def _predict(model, rows, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+def predict_labels(model, rows, pad_token_id: int, batch_size: int = 64) -> torch.Tensor:
+    """Each label's probability for each `ClassifiedRow`: (rows, labels) float32."""
     out = []
     for start in range(0, len(rows), batch_size):
         batch = collate_classification(rows[start : start + batch_size], pad_token_id)
@@ -135,19 +197,18 @@ def _per_label(confusion: torch.Tensor, labels: list[str]) -> dict[str, dict[str
     return out
 
 
-def _mistakes(examples, truth, predicted, probabilities, labels) -> list[dict[str, Any]]:
-    """The wrong answers the model was most sure of: where to look first."""
-    wrong = (predicted != truth).nonzero().flatten().tolist()
-    wrong.sort(key=lambda i: -float(probabilities[i, predicted[i]]))
+def _mistakes(confident: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The wrong answers the model was most sure of (`error_analysis`'s worst_by_confidence),
+    in the shape eval.json has always had: where to look first."""
     return [
         {
-            "line": examples[i].line,
-            "text": examples[i].text,
-            "label": labels[int(truth[i])],
-            "predicted": labels[int(predicted[i])],
-            "confidence": round(float(probabilities[i, predicted[i]]), 4),
+            "line": row.get("line"),
+            "text": row["prompt"],
+            "label": row["reference"],
+            "predicted": row["answer"],
+            "confidence": row["confidence"],
         }
-        for i in wrong[:MISTAKES_SHOWN]
+        for row in confident
     ]
 
 
@@ -186,4 +247,42 @@ def render_html(result: dict[str, Any]) -> str:
         f"<h2>Confusion (rows: true, columns: predicted)</h2><table><tr><th></th>{head}</tr>"
         f"{matrix}</table><h2>Most confident mistakes</h2><table><tr><th>line</th><th>text</th>"
         f"<th>label</th><th>predicted</th><th>confidence</th></tr>{mistakes}</table>"
+        f"{_slices_html(result.get('slices') or {})}"
+        f"{_counterfactual_html(result.get('counterfactual'))}"
+        f"<p>Every row with its figures, worst first: {esc(result['analysis']['csv'])}</p>"
+        * ("analysis" in result)
     )
+
+
+def _slices_html(slices: dict[str, Any]) -> str:
+    esc = html.escape
+    parts = []
+    for field, part in slices.items():
+        rows = "".join(
+            f"<tr><td>{esc(str(v['value']))}</td><td>{v['rows']}</td>"
+            f"<td>{_number(v.get(part['metric']))}</td></tr>"
+            for v in part["values"]
+        )
+        flag = " (flagged: " + esc(part["rule"]) + ")" if part["flagged"] else ""
+        gap = f"<p>Largest gap {_number(part['gap'])}{flag}</p>" if part["gap"] is not None else ""
+        note = f"<p>{esc(part['note'])}</p>" if part.get("note") else ""
+        parts.append(
+            f"<h2>Accuracy by {esc(field)}</h2>{note}{gap}<table><tr><th>{esc(field)}</th>"
+            f"<th>rows</th><th>accuracy</th></tr>{rows}</table>"
+        )
+    return "".join(parts)
+
+
+def _counterfactual_html(report: dict[str, Any] | None) -> str:
+    if report is None:
+        return ""
+    share = _number(report["share_changed"])
+    flag = " (flagged)" if report["flagged"] else ""
+    return (
+        f"<h2>Counterfactual</h2><p>{report['changed']} of {report['rows']} rows changed their "
+        f"label when the terms were swapped ({share}){flag}</p>"
+    )
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"

@@ -15,12 +15,14 @@ from migaki.config import ChoicePrompt, Recipe
 from migaki.data import Example, read_records
 from migaki.data.formats import convert_records
 from migaki.errors import UserError
-from migaki.evaluate.answers import answer_samples, score_system
+from migaki.evaluate.answers import answer_samples, score_system_rows
 from migaki.evaluate.choices import is_choice_example
 from migaki.evaluate.classification import evaluate_classifier
+from migaki.evaluate.findings import findings, forgetting
+from migaki.evaluate.format_check import answer_validator
 from migaki.evaluate.generation import load_for_generation
 from migaki.evaluate.pairs import evaluate_pairs, evaluate_reward_pairs, is_preference_data
-from migaki.evaluate.report import render_html
+from migaki.evaluate.report import write_report
 from migaki.tasks import check_generates, task_for
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def evaluate(
             log.warning("--choice-prompt has no effect on a classification run")
         return evaluate_classifier(target_path, recipe, data, limit, label_column)
     examples = conversation_examples(target_path, data, recipe, choice_prompt, label_column)[:limit]
+    found: dict[str, Any] = {}  # the findings of answers (evaluate.findings)
     if task is not None and task.evaluation == "reward":
         if not is_preference_data(examples):
             check_generates(target_path, recipe)
@@ -73,8 +76,9 @@ def evaluate(
         systems, samples = evaluate_pairs(target_path, recipe, examples, compare_base)
         rows = systems["tuned"]["pairs"]
     else:
-        systems, samples = _evaluate_answers(
-            target, examples, is_run and compare_base, generate, max_new_tokens
+        run = target_path if is_run and write else None
+        systems, samples, found = _evaluate_answers(
+            target, recipe, examples, is_run and compare_base, generate, max_new_tokens, run
         )
         rows = len(examples)
     result = {
@@ -84,27 +88,49 @@ def evaluate(
         "systems": systems,
         "samples": samples,
     }
+    result |= found
     if is_run and write:
         (target_path / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-        (target_path / "report.html").write_text(render_html(result), encoding="utf-8")
+        write_report(target_path)
     return result
 
 
 def _evaluate_answers(
     target: str | Path,
+    recipe: Recipe | None,
     examples: list[Example],
     compare_base: bool,
     generate: bool,
     max_new_tokens: int | None,
-) -> tuple[dict[str, dict[str, Any]], list[dict]]:
+    run: Path | None,
+) -> tuple[dict[str, dict[str, Any]], list[dict], dict[str, Any]]:
+    """Metrics of the tuned model (and the base), the samples, and for a run's recipe the
+    findings (`evaluate.findings`): error analysis, slices, counterfactual, judge, and
+    forgetting of general text (which loads the base model when --compare-base did not)."""
+    if recipe is not None:
+        answer_validator(recipe.eval.format)  # a bad schema file is named before any load
     systems: dict[str, dict[str, Any]] = {}
     answers: dict[str, dict[int, str]] = {}  # system -> row index -> its answer or pick
-    variants = [("tuned", True), ("base", False)] if compare_base else [("tuned", True)]
-    for label, tuned in variants:
-        loaded = load_for_generation(target, tuned=tuned)
-        systems[label], answers[label] = score_system(loaded, examples, generate, max_new_tokens)
-        log.info("%s: %s", label, {k: round(v, 4) for k, v in systems[label].items()})
-    return systems, answer_samples(examples, answers)
+    tuned = load_for_generation(target, tuned=True)
+    systems["tuned"], answers["tuned"], rows = score_system_rows(
+        tuned, examples, generate, max_new_tokens
+    )
+    _log_metrics("tuned", systems["tuned"])
+    found = findings(tuned, recipe, examples, answers["tuned"], rows, run) if recipe else {}
+    if compare_base or (recipe is not None and recipe.eval.forgetting):
+        base = load_for_generation(target, tuned=False)
+        if compare_base:
+            systems["base"], answers["base"], _ = score_system_rows(
+                base, examples, generate, max_new_tokens
+            )
+            _log_metrics("base", systems["base"])
+        if recipe is not None and recipe.eval.forgetting:
+            found["forgetting"] = forgetting(base, tuned, recipe)
+    return systems, answer_samples(examples, answers), found
+
+
+def _log_metrics(label: str, metrics: dict[str, Any]) -> None:
+    log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics.items()})
 
 
 def conversation_examples(
