@@ -139,7 +139,7 @@ def test_eval_scores_a_classification_run_against_the_majority_baseline(
     assert result["systems"]["tuned"]["accuracy"] >= 0.9
     assert set(result["per_label"]) == {"neg", "pos"}
     assert sum(map(sum, result["confusion"]["matrix"])) == result["rows"]
-    assert "<h2>Per label</h2>" in (run / "report.html").read_text()
+    assert "<h3>Per label</h3>" in (run / "report.html").read_text()
     assert main(["generate", str(run), "--prompt", "hi"]) == 2
     assert "does not generate text" in capsys.readouterr().err
 

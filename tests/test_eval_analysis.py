@@ -410,4 +410,5 @@ def test_classification_eval_with_slices_counterfactual_and_errors_csv(tmp_path,
     with open(run / "errors.csv", encoding="utf-8-sig", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == rows and {"meta.product", "correct", "confidence"} <= set(table[0])
-    assert "Accuracy by product" in (run / "report.html").read_text()
+    page = (run / "report.html").read_text()
+    assert "<h2>Slices</h2>" in page and "product" in page and "<h2>Counterfactual</h2>" in page

@@ -20,6 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from migaki.data import report_html
 from migaki.evaluate import plots
 from migaki.evaluate.report import (
     ReportSources,
@@ -414,29 +415,23 @@ def cjk_font_files() -> list[str]:
     return [
         path
         for path in font_manager.findSystemFonts()
-        if any(hint in Path(path).name.lower() for hint in plots.CJK_FILE_HINTS)
+        if any(hint in Path(path).name.lower() for hint in report_html.CJK_FILE_HINTS)
     ]
 
 
 @pytest.mark.skipif(not cjk_font_files(), reason="no CJK font installed (Debian fonts-noto-cjk)")
 def test_plots_draw_japanese_with_a_cjk_font():
-    assert plots.cjk_font() is not None
+    assert report_html.cjk_font() is not None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         png = plots.bars_png([("返品", 0.5), ("配送", 0.7)], "char_f1")
-        with plots.matplotlib.rc_context(plots.font_rc()):
+        with plots.matplotlib.rc_context(report_html.font_rc()):
             figure = Figure()
             FigureCanvasAgg(figure)
             figure.text(0.1, 0.5, "返品・交換の保証")
             figure.savefig(Path("/dev/null"), format="png")
     assert png is not None
     assert not [w for w in caught if "missing from" in str(w.message)]
-
-
-def test_cjk_font_is_picked_by_preference():
-    assert plots.pick_cjk_font(["DejaVu Sans", "TakaoGothic", "IPAexGothic"]) == "IPAexGothic"
-    assert plots.pick_cjk_font(["DejaVu Sans", "Noto Sans CJK JP"]) == "Noto Sans CJK JP"
-    assert plots.pick_cjk_font(["DejaVu Sans"]) is None
 
 
 def screenshot(html_file: Path, png: Path, height: int) -> None:

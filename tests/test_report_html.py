@@ -4,7 +4,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from migaki.data.report_html import _pick_cjk_font, render_data_report
+from migaki.data.report_html import pick_cjk_font, render_data_report
 
 EVIL = "<script>alert(1)</script>"
 PLOT_SECTIONS = ("lengths", "labels", "languages", "pii")
@@ -165,6 +165,6 @@ def test_rendering_emits_no_warnings():
 
 
 def test_cjk_font_is_picked_by_preference():
-    assert _pick_cjk_font(["DejaVu Sans", "TakaoGothic", "IPAexGothic"]) == "IPAexGothic"
-    assert _pick_cjk_font(["DejaVu Sans", "Noto Sans CJK JP"]) == "Noto Sans CJK JP"
-    assert _pick_cjk_font(["DejaVu Sans"]) is None
+    assert pick_cjk_font(["DejaVu Sans", "TakaoGothic", "IPAexGothic"]) == "IPAexGothic"
+    assert pick_cjk_font(["DejaVu Sans", "Noto Sans CJK JP"]) == "Noto Sans CJK JP"
+    assert pick_cjk_font(["DejaVu Sans"]) is None

@@ -15,6 +15,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ MAX_BARS = 30  # bars in one chart; the table beside it lists every class
 MAX_TABLE_ROWS = 100
 MAX_LINES_SHOWN = 10  # line numbers listed per duplicate cluster
 
+# Font files with Japanese glyphs, by name, for a font list cached before they were installed.
+CJK_FILE_HINTS = ("cjk", "notosansjp", "sourcehansans", "ipaex", "ipag", "takao", "vl-gothic")
 # Families with Japanese glyphs, best first; matched as a prefix of installed font names.
 CJK_FONTS = (
     "Noto Sans CJK JP",
@@ -448,7 +451,7 @@ def render_png(draw: Callable[[Any], None], size: tuple[float, float]) -> bytes 
         return None
     # Missing-glyph warnings (no CJK font installed) would only be noise: the tables beside
     # each plot show the real text.
-    with warnings.catch_warnings(), matplotlib.rc_context(_font_rc()):
+    with warnings.catch_warnings(), matplotlib.rc_context(font_rc()):
         warnings.simplefilter("ignore")
         figure = Figure(figsize=size, dpi=100, layout="constrained")
         FigureCanvasAgg(figure)
@@ -465,17 +468,38 @@ def _warn_no_matplotlib() -> None:
 
 
 @cache
-def _font_rc() -> dict[str, Any]:
-    """rcParams for plots: a CJK font first when one is installed, DejaVu as the fallback
-    for glyphs it lacks (some Japanese fonts have no minus sign)."""
-    from matplotlib import font_manager
-
-    cjk = _pick_cjk_font(font.name for font in font_manager.fontManager.ttflist)
+def font_rc() -> dict[str, Any]:
+    """rcParams for plots: a CJK font first when one is installed, DejaVu Sans behind it for
+    the glyphs it lacks (some Japanese fonts have no minus sign)."""
+    cjk = cjk_font()
     return {"font.family": [cjk, "DejaVu Sans"] if cjk else ["DejaVu Sans"]}
 
 
-def _pick_cjk_font(available: Iterable[str]) -> str | None:
-    """The installed family that best covers Japanese, by CJK_FONTS order, or None."""
+@cache
+def cjk_font() -> str | None:
+    """The installed font family that best covers Japanese (CJK_FONTS order), or None.
+
+    matplotlib's font list is cached on disk when it first runs; fonts installed later
+    (fonts-noto-cjk after the virtual environment) are missing from it, so the system's CJK
+    font files are added by name when the list has none."""
+    from matplotlib import font_manager
+
+    found = pick_cjk_font(font.name for font in font_manager.fontManager.ttflist)
+    if found is None:
+        for path in font_manager.findSystemFonts():
+            if any(hint in Path(path).name.lower() for hint in CJK_FILE_HINTS):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError) as exc:  # a broken font file
+                    log.debug("font %s not added: %s", path, exc)
+        found = pick_cjk_font(font.name for font in font_manager.fontManager.ttflist)
+    if found is None:
+        log.info("no CJK font installed: Japanese in plots shows as boxes (tables are fine)")
+    return found
+
+
+def pick_cjk_font(available: Iterable[str]) -> str | None:
+    """The family of `available` that comes first in CJK_FONTS (prefix match), or None."""
     names = sorted(set(available))
     for wanted in CJK_FONTS:
         for name in names:

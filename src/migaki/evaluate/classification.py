@@ -6,7 +6,6 @@ counterfactual test (`eval.counterfactual`)."""
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections import Counter
@@ -23,6 +22,7 @@ from migaki.data.heuristics import language_of
 from migaki.data.load import scan_records, with_text_column
 from migaki.errors import UserError
 from migaki.evaluate.analysis import error_analysis, write_error_csv
+from migaki.evaluate.report import write_report
 from migaki.evaluate.slices import counterfactual_report, counterfactual_rows, slice_metrics
 from migaki.metrics import f1_macro
 from migaki.rundir import final_dir
@@ -82,7 +82,7 @@ def evaluate_classifier(
             model, tokenizer, recipe, kept, predicted, labels
         )
     (run / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    (run / "report.html").write_text(render_html(result), encoding="utf-8")
+    write_report(run)
     return result
 
 
@@ -210,79 +210,3 @@ def _mistakes(confident: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         for row in confident
     ]
-
-
-def render_html(result: dict[str, Any]) -> str:
-    esc = html.escape
-    systems = "".join(
-        f"<tr><td>{esc(name)}</td><td>{m['accuracy']:.4f}</td>"
-        f"<td>{m.get('f1_macro', float('nan')):.4f}</td></tr>"
-        for name, m in result["systems"].items()
-    )
-    per_label = "".join(
-        f"<tr><td>{esc(label)}</td><td>{m['precision']:.3f}</td><td>{m['recall']:.3f}</td>"
-        f"<td>{m['f1']:.3f}</td><td>{m['support']}</td></tr>"
-        for label, m in result["per_label"].items()
-    )
-    labels = result["confusion"]["labels"]
-    head = "".join(f"<th>{esc(label)}</th>" for label in labels)
-    matrix = "".join(
-        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{n}</td>" for n in row) + "</tr>"
-        for label, row in zip(labels, result["confusion"]["matrix"], strict=True)
-    )
-    mistakes = "".join(
-        f"<tr><td>{m['line']}</td><td>{esc(m['text'])}</td><td>{esc(m['label'])}</td>"
-        f"<td>{esc(m['predicted'])}</td><td>{m['confidence']:.3f}</td></tr>"
-        for m in result["mistakes"]
-    )
-    return (
-        "<!doctype html><meta charset='utf-8'><title>migaki evaluation</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px}"
-        "table{border-collapse:collapse;margin-bottom:1.5em}</style>"
-        f"<h1>Evaluation of {esc(result['target'])}</h1>"
-        f"<p>{result['rows']} rows from {esc(result['data'])}</p>"
-        f"<table><tr><th>system</th><th>accuracy</th><th>F1 (macro)</th></tr>{systems}</table>"
-        "<h2>Per label</h2><table><tr><th>label</th><th>precision</th><th>recall</th>"
-        f"<th>F1</th><th>rows</th></tr>{per_label}</table>"
-        f"<h2>Confusion (rows: true, columns: predicted)</h2><table><tr><th></th>{head}</tr>"
-        f"{matrix}</table><h2>Most confident mistakes</h2><table><tr><th>line</th><th>text</th>"
-        f"<th>label</th><th>predicted</th><th>confidence</th></tr>{mistakes}</table>"
-        f"{_slices_html(result.get('slices') or {})}"
-        f"{_counterfactual_html(result.get('counterfactual'))}"
-        f"<p>Every row with its figures, worst first: {esc(result['analysis']['csv'])}</p>"
-        * ("analysis" in result)
-    )
-
-
-def _slices_html(slices: dict[str, Any]) -> str:
-    esc = html.escape
-    parts = []
-    for field, part in slices.items():
-        rows = "".join(
-            f"<tr><td>{esc(str(v['value']))}</td><td>{v['rows']}</td>"
-            f"<td>{_number(v.get(part['metric']))}</td></tr>"
-            for v in part["values"]
-        )
-        flag = " (flagged: " + esc(part["rule"]) + ")" if part["flagged"] else ""
-        gap = f"<p>Largest gap {_number(part['gap'])}{flag}</p>" if part["gap"] is not None else ""
-        note = f"<p>{esc(part['note'])}</p>" if part.get("note") else ""
-        parts.append(
-            f"<h2>Accuracy by {esc(field)}</h2>{note}{gap}<table><tr><th>{esc(field)}</th>"
-            f"<th>rows</th><th>accuracy</th></tr>{rows}</table>"
-        )
-    return "".join(parts)
-
-
-def _counterfactual_html(report: dict[str, Any] | None) -> str:
-    if report is None:
-        return ""
-    share = _number(report["share_changed"])
-    flag = " (flagged)" if report["flagged"] else ""
-    return (
-        f"<h2>Counterfactual</h2><p>{report['changed']} of {report['rows']} rows changed their "
-        f"label when the terms were swapped ({share}){flag}</p>"
-    )
-
-
-def _number(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"

@@ -12,17 +12,14 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from functools import cache
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
-from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from migaki.data.report_html import CJK_FONTS
+from migaki.data.report_html import font_rc
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +29,6 @@ MAX_BARS = 30
 MAX_PANELS = 6  # validation figures besides the loss
 # Font files that hold Japanese glyphs, by file name, lower case: looked for when matplotlib's
 # font cache predates their installation (it is built once and never rescanned).
-CJK_FILE_HINTS = ("cjk", "notosansjp", "sourcehansans", "ipaex", "ipag", "takao", "vl-gothic")
 TRAIN_COLOR, VAL_COLOR, BEST_COLOR, RISE_COLOR = "#4c78a8", "#f58518", "#2ca02c", "#d62728"
 
 
@@ -124,48 +120,6 @@ def render_png(draw: Callable[[Figure], None], size: tuple[float, float]) -> byt
         figure.savefig(buffer, format="png", metadata={"Software": None})
         figure.clear()
     return buffer.getvalue()
-
-
-def font_rc() -> dict[str, Any]:
-    """rcParams for the plots: the CJK font first when one is installed, DejaVu Sans behind it
-    for the glyphs it lacks."""
-    cjk = cjk_font()
-    return {"font.family": [cjk, "DejaVu Sans"] if cjk else ["DejaVu Sans"]}
-
-
-@cache
-def cjk_font() -> str | None:
-    """The installed font family that best covers Japanese (CJK_FONTS order), or None.
-
-    matplotlib's font list is cached on disk when it first runs; fonts installed later
-    (fonts-noto-cjk after the virtual environment) are missing from it, so the system's CJK
-    font files are added by name when the list has none."""
-    found = pick_cjk_font(font.name for font in font_manager.fontManager.ttflist)
-    if found is None:
-        for path in font_manager.findSystemFonts():
-            if any(hint in Path(path).name.lower() for hint in CJK_FILE_HINTS):
-                _add_font(path)
-        found = pick_cjk_font(font.name for font in font_manager.fontManager.ttflist)
-    if found is None:
-        log.info("no CJK font installed: Japanese in plots shows as boxes (tables are fine)")
-    return found
-
-
-def pick_cjk_font(available: Iterable[str]) -> str | None:
-    """The family of `available` that comes first in CJK_FONTS (prefix match), or None."""
-    names = sorted(set(available))
-    for wanted in CJK_FONTS:
-        for name in names:
-            if name.lower().startswith(wanted.lower()):
-                return name
-    return None
-
-
-def _add_font(path: str) -> None:
-    try:
-        font_manager.fontManager.addfont(path)
-    except (OSError, RuntimeError, ValueError) as exc:  # a broken font file is not our error
-        log.debug("font %s not added: %s", path, exc)
 
 
 def _finite(value: Any) -> bool:

@@ -107,11 +107,6 @@ def render_report(run_dir: Path) -> str:
     return render_page(read_sources(Path(run_dir)))
 
 
-def render_html(result: dict[str, Any]) -> str:
-    """The page of an eval.json dict alone (no run directory around it)."""
-    return render_page(ReportSources(name=str(result.get("target", "run")), eval=result))
-
-
 def best_and_rise(val: Sequence[tuple[int, float]]) -> CurveMarks:
     """The best validation and where validation loss began to rise (RISE_RULE), from
     (step, loss) pairs in step order. A loss that is not finite counts as above any other."""
