@@ -93,6 +93,7 @@ LAYERS = [
         "migaki.export",
         "migaki.serve",
         "migaki.monitor",
+        "migaki.sweep",
     ],
     ["migaki.commands", "migaki.cli", "migaki.__main__", "migaki"],
 ]
@@ -104,6 +105,7 @@ LATE_IMPORTS = {
     "migaki.tasks.distill": {"migaki.tasks"},  # the registry imports every task module
     "migaki.cli_monitor": {"migaki.monitor"},  # torch and the embedding model: only when run
     "migaki.cli_feedback": {"migaki.monitor"},  # the serve readers and sqlite3: only when run
+    "migaki.cli_sweep": {"migaki.sweep"},  # Optuna, torch and the trainer: only when run
 }
 
 

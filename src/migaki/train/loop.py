@@ -1,7 +1,8 @@
 """The training loop: one function, read top to bottom.
 
 forward -> loss -> backward (accumulated) -> clip -> optimizer step -> log -> validate ->
-early stopping / overfitting alarm -> checkpoint. Helpers for each concern sit beside it.
+early stopping / overfitting alarm / the caller's hook -> checkpoint. Helpers for each concern
+sit beside it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,23 @@ from migaki.train.tracking import MetricsLog
 log = logging.getLogger(__name__)
 
 
+class StopTraining(Exception):
+    """Raised by an `on_validation` hook to end the run at this validation, as early stopping
+    does: the step's checkpoint and final/ are written; `status` goes to the manifest
+    (e.g. "pruned") and `reason` beside it."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(status, reason)  # both in args: the exception pickles across processes
+        self.status, self.reason = status, reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+# on_validation(step, figures): the validation figures (loss, perplexity, ...) at `step`
+ValidationHook = Callable[[int, dict[str, Any]], None]
+
+
 @dataclass(frozen=True)
 class StepPlan:
     steps_per_epoch: int
@@ -81,6 +100,7 @@ class LoopInputs:
     guard: ForgettingGuard | None = None
     stop: StopSignals | None = None
     budget: TimeBudget | None = None
+    on_validation: ValidationHook | None = None  # after each validation but step 0's
 
 
 @dataclass
@@ -88,6 +108,7 @@ class FitResult:
     state: LoopState
     stopped_early: bool
     stopped_forgetting: bool = False  # the forgetting guard stopped the run
+    stopped_by: StopTraining | None = None  # the on_validation hook stopped the run
 
 
 def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
@@ -113,6 +134,7 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
     )
     window_loss, window_tokens = 0.0, 0  # training loss since the last validation
     stopped_early = stopped_forgetting = False
+    stopped_by = None
     lengths = [len(row.input_ids) for row in train_rows]
     batches_of_epoch: dict[int, list[list[int]]] = {}
     _stop_if_signalled(inputs, state, saved=latest_checkpoint(inputs.run_dir))
@@ -179,12 +201,13 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         if val_rows and plan.eval_every and (validating or is_last):
             train_loss = window_loss / max(window_tokens, 1)
             window_loss, window_tokens = 0.0, 0
-            stopped_early = _validate(inputs, state, train_loss)
+            stopped_early, figures = _validate(inputs, state, train_loss)
             stopped_forgetting = guard is not None and guard.check(state.step)
+            stopped_by = _ask_hook(inputs, state.step, figures)
             model.train()
             evaluated = True
         improved = evaluated and state.best_step == state.step
-        stopped = stopped_early or stopped_forgetting
+        stopped = stopped_early or stopped_forgetting or stopped_by is not None
         signalled = inputs.stop.agreed(accelerator) if inputs.stop is not None else None
         due = state.step % plan.save_every == 0 or improved or is_last or stopped or signalled
         if due:
@@ -206,12 +229,16 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
             break
         if stopped_forgetting:
             break  # the guard logged why; final/ is written as after early stopping
+        if stopped_by is not None:
+            metrics.write(step=state.step, event=stopped_by.status, reason=stopped_by.reason)
+            log.info("%s at step %d: %s", stopped_by.status, state.step, stopped_by.reason)
+            break
         if signalled and not is_last:  # the checkpoint of this step was just written
             progress.close()  # its last line before the message that follows
             saved = checkpoint_dir(inputs.run_dir, state.step)
             raise Interrupted(signalled, state.step, inputs.run_dir, saved)
     progress.close()
-    return FitResult(state, stopped_early, stopped_forgetting)
+    return FitResult(state, stopped_early, stopped_forgetting, stopped_by)
 
 
 def _fit_budget(
@@ -316,8 +343,27 @@ def _forward_backward(model, accelerator, rows, indices, grad_accum, collate_fn)
     return step_loss.item(), step_tokens, extras
 
 
-def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) -> bool:
-    """Run validation, log it, update best/patience; True when early stopping should stop.
+def _ask_hook(inputs: LoopInputs, step: int, figures: dict[str, Any]) -> StopTraining | None:
+    """Call the caller's on_validation hook on the main process; the StopTraining it raised
+    (the same on every process), or None."""
+    if inputs.on_validation is None:
+        return None
+    stop = None
+    if inputs.accelerator.is_main_process:
+        try:
+            inputs.on_validation(step, figures)
+        except StopTraining as exc:
+            stop = exc
+    if inputs.accelerator.num_processes > 1:
+        stop = broadcast_object_list([stop])[0]
+    return stop
+
+
+def _validate(
+    inputs: LoopInputs, state: LoopState, train_loss: float | None
+) -> tuple[bool, dict[str, Any]]:
+    """Run validation, log it, update best/patience; (whether early stopping should stop,
+    the validation figures).
     Each process evaluates its share of the rows; the sums are combined, so every process
     takes the same decision. A forgetting guard adds its reference loss to the record.
     `train_loss` is None for the step-0 baseline."""
@@ -350,7 +396,7 @@ def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) ->
         step=state.step, epoch=round(state.step / plan.steps_per_epoch, 4), split="val", **result
     )
     if train_loss is None:  # the step-0 baseline: no checkpoint, not a candidate for best
-        return False
+        return False, result
     val_loss = result["loss"]
     min_delta = cfg.early_stopping.min_delta if cfg.early_stopping else 0.0
     if state.best_val_loss is None or val_loss < state.best_val_loss - min_delta:
@@ -369,7 +415,7 @@ def _validate(inputs: LoopInputs, state: LoopState, train_loss: float | None) ->
             state.best_step,
         )
     patience = cfg.early_stopping.patience if cfg.early_stopping else None
-    return patience is not None and state.evals_without_improvement >= patience
+    return patience is not None and state.evals_without_improvement >= patience, result
 
 
 def _overfitting(history: list[tuple[int, float, float]]) -> bool:

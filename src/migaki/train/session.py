@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
 from migaki import integrity, models
@@ -46,9 +46,9 @@ from migaki.train.checkpoint import (
     resumable_checkpoint,
 )
 from migaki.train.interrupt import StopSignals
-from migaki.train.loop import FitResult, LoopInputs, StepPlan, fit
+from migaki.train.loop import FitResult, LoopInputs, StepPlan, ValidationHook, fit
 from migaki.train.schedule import warmup_steps
-from migaki.train.tracking import MetricsLog
+from migaki.train.tracking import MetricsLog, make_trackers
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,21 @@ def train(
     name: str = "run",
     verify: bool = False,
     budget_reserve: float = 0.0,
+    on_validation: ValidationHook | None = None,
 ) -> Path:
     """Run a recipe and return the run directory (`verify`: a resume hashes every checkpoint
     file, however large; `budget_reserve`: validations' worth of train.max_minutes kept free
-    for what the caller does next). Raises UserError for problems a user can fix
+    for what the caller does next; `on_validation(step, figures)`: called on the main process
+    after each validation but the step-0 one, with its figures (`loss`, ...); raising
+    `loop.StopTraining` there ends the run as early stopping does, final/ written, manifest
+    status the exception's). Raises UserError for problems a user can fix
     (recipe, data, model, a resume that does not match its checkpoint), and Interrupted when
     SIGINT or SIGTERM stopped it (after a checkpoint; manifest status `interrupted`)."""
     with StopSignals() as stop:
         try:
-            run_dir = _train(recipe, out, resume, force, name, verify, stop, budget_reserve)
+            run_dir = _train(
+                recipe, out, resume, force, name, verify, stop, budget_reserve, on_validation
+            )
         except Interrupted:
             _end_process_group()  # every process stopped at the same step, together
             raise
@@ -95,16 +101,20 @@ def _train(
     verify: bool,
     stop: StopSignals,
     budget_reserve: float,
+    on_validation: ValidationHook | None,
 ) -> Path:
     started = time.monotonic()  # train.max_minutes counts from here
     task = task_for(recipe)  # before anything loads: the recipe suits its task
     recipe, init = continual.prepare(recipe, task)  # a whole-model init_from becomes model.base
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = choose_precision(recipe.train.precision, device)
-    accelerator = _fresh_accelerator(device, precision)
-    _announce_processes(accelerator, recipe)
+    PartialState(cpu=device.type == "cpu")  # the process group, before the run is named
     # the main process names the run (a timestamp), so every process writes to the same place
     run_dir = Path(broadcast_object_list([str(out or new_run_dir(recipe.name or name))])[0])
+    project = recipe.name or name
+    trackers = make_trackers(recipe.train.track, run_dir, project)
+    accelerator = _fresh_accelerator(device, precision, trackers, run_dir)
+    _announce_processes(accelerator, recipe)
     checkpoint = _check_run_dir(run_dir, resume, verify)
     accelerator.wait_for_everyone()  # every process checks before the main one writes
     set_seed(recipe.train.seed)
@@ -124,7 +134,7 @@ def _train(
     unfreezing = _unfreezing(model, recipe, plan)
 
     state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=data.splits.hashes)
-    metrics = MetricsLog(run_dir, recipe.train.track, enabled=accelerator.is_main_process)
+    metrics = MetricsLog(run_dir, accelerator)
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, accelerator.process_index)
         metrics.truncate_after(state.step)
@@ -166,7 +176,9 @@ def _train(
             state.elapsed_s,
             budget_reserve,
         ),
+        on_validation,
     )
+    metrics.start(project, recipe.to_dict())  # in the run directory; fit closes them at its end
     result = _fit_recording_failure(inputs, state, run_dir)
     if accelerator.is_main_process:
         final_step = _save_final(model, data.tokenizer, run_dir, recipe, task, result.state)
@@ -178,6 +190,7 @@ def _train(
             final_step=final_step,
             best_step=result.state.best_step,
             best_val_loss=result.state.best_val_loss,
+            **({"stopped": str(result.stopped_by)} if result.stopped_by else {}),
             peak_memory_mb=peak_memory_mb(),
             **(guard.summary() if guard else {}),
             **_budget_summary(recipe, plan, result.state),
@@ -325,6 +338,8 @@ def _budget_summary(recipe: Recipe, plan: StepPlan, state: LoopState) -> dict[st
 
 
 def _final_status(result: FitResult) -> str:
+    if result.stopped_by is not None:
+        return result.stopped_by.status
     if result.stopped_forgetting:
         return "stopped_forgetting"
     return "early_stopped" if result.stopped_early else "completed"
@@ -376,14 +391,18 @@ def _announce_processes(accelerator: Accelerator, recipe: Recipe) -> None:
     )
 
 
-def _fresh_accelerator(device: torch.device, precision: str) -> Accelerator:
+def _fresh_accelerator(
+    device: torch.device, precision: str, trackers: list | None, run_dir: Path
+) -> Accelerator:
     # accelerate keeps one global state per process and refuses a second Accelerator with
     # other settings; a notebook or script that trains twice needs a clean one each time.
     # The process group itself (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
     mixed = "no" if precision == "fp32" else precision
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    return Accelerator(
+        cpu=device.type == "cpu", mixed_precision=mixed, log_with=trackers, project_dir=run_dir
+    )
 
 
 def _build_model(recipe: Recipe, task: Task, data: RunData, precision: str, device):
