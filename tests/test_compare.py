@@ -105,7 +105,8 @@ def test_recommendation_says_the_numbers_and_picks_the_trained_model():
         8.2,
     )
     assert "The fine-tuned model beats RAG on the base model by 30.0 points of fact" in text
-    assert "1/5.0 of the prompt tokens (50 vs 250 per call)" in text
+    assert "90.0% against 60.0% (95% interval" in text
+    assert "with 1/5.0 of the prompt tokens (50 against 250 tokens per call)" in text
     assert "RAG alone reaches 67% of the fine-tuned model's fact accuracy" in text
     assert "Training cost 8.2 minutes, once." in text
     assert text.endswith("Pick the fine-tuned model.")
@@ -115,9 +116,10 @@ def test_recommendation_within_noise_picks_the_cheaper_call():
     text = recommend(
         [_system("few_shot", 0.5, 20, 400), _system("tuned", 0.55, 20, 60)], "char_f1", None
     )
-    assert "is within noise of few-shot prompting" in text
+    assert "is within noise of few-shot prompting (+5.0 points of character F1)" in text
     assert "pick the fine-tuned model (fewer prompt tokens per call)" in text
     worse = recommend([_system("base", 0.9, 40, 50), _system("tuned", 0.2, 40, 50)], "x", 1.0)
+    assert "trails the base model zero-shot by 70.0 points of x" in worse
     assert "Do not fine-tune for this: pick the base model zero-shot." in worse
 
 

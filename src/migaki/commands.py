@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -113,7 +114,16 @@ def compare(args: argparse.Namespace) -> None:
     )
     systems = result["systems"]
     print(f"{result['rows']} rows from {result['data']}, k={result['k']}")
-    table = {name: dict(entry["metrics"]) for name, entry in systems.items()}
+    # Per-language figures of the primary metric only; compare.json and report.html hold all.
+    primary = result["primary"]
+    table = {
+        name: {
+            key: value
+            for key, value in entry["metrics"].items()
+            if key.startswith(primary) or not re.search(r"_(ja|en|other)$|^rows_", key)
+        }
+        for name, entry in systems.items()
+    }
     for name, entry in systems.items():
         table[name] |= {
             "~ seconds per row": entry["latency_s"],

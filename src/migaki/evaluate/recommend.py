@@ -73,11 +73,13 @@ def recommend(systems: list[System], metric: str, training_minutes: float | None
     low, high = paired_interval(tuned.per_row, prompted.per_row)
     sentences = [_versus(tuned, prompted, label, low, high, len(tuned.per_row))]
     rag = next((s for s in systems if s.name == "rag"), None)
-    if rag is not None and tuned.score > 0:
+    if rag is not None and tuned.score > 0 and rag.score < tuned.score:
         sentences.append(
             f"RAG alone reaches {rag.score / tuned.score:.0%} of {NAMES[tuned.name]}'s "
             f"{label} without training."
         )
+    elif rag is not None and rag is not prompted and rag.score >= tuned.score:
+        sentences.append(f"RAG alone scores {_points(rag.score)} without training.")
     if training_minutes is not None:
         sentences.append(f"Training cost {training_minutes:.1f} minutes, once.")
     sentences.append(_pick(tuned, prompted, low, high, systems))
@@ -86,19 +88,17 @@ def recommend(systems: list[System], metric: str, training_minutes: float | None
 
 def _versus(tuned: System, prompted: System, label: str, low: float, high: float, rows: int) -> str:
     gap = tuned.score - prompted.score
-    interval = f"95% interval {_signed(low)} to {_signed(high)} points over {rows} rows"
-    cost = _token_ratio(tuned.prompt_tokens, prompted.prompt_tokens)
     if low > 0:
-        verb = "beats"
+        verdict = f"beats {NAMES[prompted.name]} by {gap * 100:.1f} points of {label}"
     elif high < 0:
-        verb = "trails"
+        verdict = f"trails {NAMES[prompted.name]} by {-gap * 100:.1f} points of {label}"
     else:
-        verb = "is within noise of"
+        verdict = f"is within noise of {NAMES[prompted.name]} ({gap * 100:+.1f} points of {label})"
     return (
-        f"{_capital(NAMES[tuned.name])} {verb} {NAMES[prompted.name]} by "
-        f"{abs(gap) * 100:.1f} points of {label} ({_points(tuned.score)} vs "
-        f"{_points(prompted.score)}; {interval}) at {cost} of the prompt tokens "
-        f"({tuned.prompt_tokens:.0f} vs {prompted.prompt_tokens:.0f} per call)."
+        f"{_capital(NAMES[tuned.name])} {verdict}: {_points(tuned.score)} against "
+        f"{_points(prompted.score)} (95% interval {_signed(low)} to {_signed(high)} points over "
+        f"{rows} rows), {_token_ratio(tuned.prompt_tokens, prompted.prompt_tokens)} "
+        f"({tuned.prompt_tokens:.0f} against {prompted.prompt_tokens:.0f} tokens per call)."
     )
 
 
@@ -122,13 +122,13 @@ def _pick(tuned: System, prompted: System, low: float, high: float, systems: lis
 
 def _token_ratio(tuned: float, prompted: float) -> str:
     if prompted <= 0 or tuned <= 0:
-        return "the same share"
+        return "with prompts of no comparable size"
     ratio = tuned / prompted
     if ratio < 0.95:
-        return f"1/{prompted / tuned:.1f}"
+        return f"with 1/{prompted / tuned:.1f} of the prompt tokens"
     if ratio > 1.05:
-        return f"{ratio:.1f}x"
-    return "about the same number"
+        return f"with {ratio:.1f}x the prompt tokens"
+    return "with prompts of about the same size"
 
 
 def _points(value: float) -> str:
