@@ -158,3 +158,51 @@ def test_compare_refuses_what_it_cannot_score(run, tmp_path, capsys):
     assert code == 2 and "neither a run directory nor a recipe" in err
     code, _, err = run_cli(capsys, "compare", run, "train.lr=1")
     assert code == 2 and "overrides apply to a recipe" in err
+
+
+def _sentiment_run(tmp_path, model, encoder, capsys):
+    from test_classification import sentiment_rows
+
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(120))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        model,
+        data,
+        task="classification",
+        method={"name": "full"},
+        train={"max_steps": 30, "batch_size": 16, "lr": 5e-3, "eval_every": 30},
+        compare={"encoder": str(encoder), "k": 3},
+    )
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", recipe, "--out", run)[0] == 0
+    return run
+
+
+def test_compare_an_encoder_classifier_with_nearest_neighbour_labels(tmp_path, encoder, capsys):
+    run = _sentiment_run(tmp_path, encoder, encoder, capsys)
+    code, out, err = run_cli(capsys, "compare", run)
+    assert code == 0, err
+    result = json.loads((run / "compare.json").read_text())
+    assert list(result["systems"]) == ["knn", "tuned"] and result["primary"] == "accuracy"
+    assert result["systems"]["tuned"]["metrics"]["accuracy"] >= 0.9
+    for entry in result["systems"].values():
+        assert {"accuracy", "f1_macro"} <= set(entry["metrics"])
+    # an encoder base cannot read labels in context; RAG does not apply to labels
+    notes = " ".join(result["notes"])
+    assert "base: the base model does not generate text" in notes
+    assert "rag: retrieval does not apply to labels" in notes
+    assert result["recommendation"] in out.replace("\n", " ")
+
+
+def test_compare_a_decoder_classifier_reads_labels_in_context(
+    tmp_path, tiny_model, encoder, capsys
+):
+    run = _sentiment_run(tmp_path, tiny_model, encoder, capsys)
+    code, _, err = run_cli(capsys, "compare", run, "--systems", "base", "few_shot", "tuned")
+    assert code == 0, err
+    result = json.loads((run / "compare.json").read_text())
+    assert list(result["systems"]) == ["knn", "base", "few_shot", "tuned"]
+    tokens = {name: entry["prompt_tokens"] for name, entry in result["systems"].items()}
+    assert tokens["few_shot"] > tokens["base"] > 0
+    base = result["systems"]["base"]["metrics"]
+    assert base["accuracy"] == base["choice_accuracy"] and 0 <= base["f1_macro"] <= 1

@@ -21,7 +21,6 @@ from migaki.config import Recipe
 from migaki.data.classify import tokenize_classification
 from migaki.data.formats import Example
 from migaki.data.heuristics import language_of
-from migaki.errors import UserError
 from migaki.evaluate.answers import score_system_rows
 from migaki.evaluate.classification import labelled_examples, load_classifier, predict_labels
 from migaki.evaluate.generation import LoadedModel
@@ -70,7 +69,7 @@ def compare_labels(
         per_row[name] = {i: {"correct": p == t} for i, (p, t) in enumerate(entry.pop("picks"))}
     decoder_systems = [name for name in ("base", "few_shot") if name in chosen]
     if decoder_systems:
-        loaded = _decoder_base(run, notes, decoder_systems)
+        loaded = _decoder_base(run, recipe, notes, decoder_systems)
         if loaded is not None:
             shots = [[pool[i] for i in indices] for indices in nearest]
             for name in decoder_systems:
@@ -131,15 +130,16 @@ def _label_metrics(picks: list[int], truth: list[int], classes: int) -> dict[str
     return {"accuracy": hits / max(len(truth), 1), "f1_macro": f1_macro(confusion)}
 
 
-def _decoder_base(run: Path, notes: list[str], names: list[str]) -> LoadedModel | None:
+def _decoder_base(
+    run: Path, recipe: Recipe, notes: list[str], names: list[str]
+) -> LoadedModel | None:
     """The run's base model as a causal LM, or None (with a note) for an encoder base."""
-    try:
-        return load_for_inference(run, tuned=False)
-    except (UserError, ValueError, OSError, KeyError) as exc:
-        reason = str(exc).splitlines()[0][:120]
-        notes += [f"{name}: the base model does not generate text ({reason})" for name in names]
-        log.warning("%s left out: the base model is not a decoder (%s)", ", ".join(names), reason)
+    source = models.resolve(recipe.model.base, recipe.model.accept_license)
+    if not models.generates_text(source):
+        notes += [f"{name}: the base model does not generate text (an encoder)" for name in names]
+        log.warning("%s left out: the base model is an encoder", ", ".join(names))
         return None
+    return load_for_inference(run, tuned=False)
 
 
 def _label_row(example: Example, labels: list[str], shots: list[Example]) -> Example:

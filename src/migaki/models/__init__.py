@@ -3,6 +3,7 @@
 from migaki.models.bundled import BUNDLED, cache_root, pull
 from migaki.models.load import (
     ModelSource,
+    generates_text,
     load_causal_lm,
     load_sequence_classifier,
     load_tokenizer,
@@ -14,6 +15,7 @@ __all__ = [
     "BUNDLED",
     "ModelSource",
     "cache_root",
+    "generates_text",
     "load_causal_lm",
     "load_sequence_classifier",
     "load_tokenizer",

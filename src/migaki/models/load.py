@@ -7,6 +7,7 @@ once and keep the result as safetensors in the cache, so later loads take well u
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -32,6 +33,17 @@ class ModelSource:
     name: str  # what the user wrote
     path: Path  # a Hugging Face folder with safetensors weights and a tokenizer
     origin: str  # "bundled", "gguf" or "local"
+
+
+def generates_text(source: ModelSource) -> bool:
+    """Whether the model is a decoder that writes text (its config names a causal-LM
+    architecture), as opposed to an encoder such as BERT, which transformers would also wrap
+    in a causal-LM head, untrained."""
+    config = source.path / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
 
 
 def resolve(base: str, accept_license: str | None = None) -> ModelSource:
