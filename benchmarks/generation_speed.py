@@ -1,58 +1,136 @@
-"""Generation speed of a run's evaluation, side by side in one process: the adapter left as PEFT
-layers against merged into the base, and the generation batch size.
+"""Generation speed of a run's evaluation, side by side in one process: migaki's way before
+batched generation (transformers' `generate` on fixed left-padded batches, every row running
+until its batch's longest ends; kept below as the reference) against `generate_answers` (rows
+leave the batch when they end, waiting rows join it), for the tuned model and its base.
 
-    python benchmarks/generation_speed.py RUN_DIR [--batch-sizes 8,16,64] [--rows 37]
+    python benchmarks/generation_speed.py RUN_DIR [--rows 37] [--batch-size 32] [--merged]
 
-Prints seconds for the run's test questions at eval.max_new_tokens, and the share of answers
-that ended by themselves (which must not change with the batch size beyond float noise)."""
+Prints seconds for the run's test questions at eval.max_new_tokens, the speed-up, the share
+of answers that ended by themselves, and how many answers are identical to the reference's.
+`--merged` also times the new way with the LoRA adapter folded into a copy of the base. Not
+a test: nothing is asserted. On a busy machine set OMP_NUM_THREADS=1 (see benchmarks/jcqa.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import math
+import subprocess
 import time
+from dataclasses import replace
 
 import torch
 
 from migaki.data import read_records
 from migaki.data.formats import convert_records
+from migaki.data.tokenize import render_prompt
 from migaki.evaluate import generate_answers
-from migaki.methods import load_final, merged
-from migaki.models.inference import load_for_inference
-from migaki.models.load import load_causal_lm, resolve
-from migaki.rundir import final_dir
+from migaki.methods import merged
+from migaki.models.inference import LoadedModel, load_for_inference
+from migaki.models.templates import end_of_turn_ids
+from migaki.precision import autocast
+
+
+@torch.no_grad()
+def generate_answers_before(
+    loaded: LoadedModel,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int = 128,
+    batch_size: int = 32,
+) -> list[tuple[str, bool]]:
+    """`generate_answers` as it was before batched generation (greedy only)."""
+    tokenizer, model = loaded.tokenizer, loaded.model
+    stops = end_of_turn_ids(tokenizer)
+    system_prompt = loaded.recipe.data.system_prompt if loaded.recipe else None
+    prompts = [render_prompt(tokenizer, messages, system_prompt) for messages in conversations]
+    device = next(model.parameters()).device
+    results = []
+    tokenizer.padding_side = "left"
+    batch_size = math.ceil(len(prompts) / math.ceil(len(prompts) / batch_size))  # evened out
+    for start in range(0, len(prompts), batch_size):
+        encoded = tokenizer(
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(device)
+        with autocast(loaded.precision, device):
+            output = model.generate(
+                **encoded,
+                max_new_tokens=max_new_tokens,
+                use_cache=True,
+                do_sample=False,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stops[0] if len(stops) == 1 else stops,
+            )
+        for row in output[:, encoded["input_ids"].shape[1] :]:
+            ids = row.tolist()
+            end = next((i for i, token in enumerate(ids) if token in stops), None)
+            if end is not None:
+                ids = ids[:end]
+            text = tokenizer.decode(ids, skip_special_tokens=True).strip().rstrip("\ufffd")
+            results.append((text, end is not None))
+    tokenizer.padding_side = "right"
+    return results
+
+
+def cpu_name() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in lscpu.splitlines() if "Model name" in line]
+    return names[0] if names else "unknown"
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    result = function(*args, **kwargs)
+    return result, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run")
-    parser.add_argument("--batch-sizes", default="8,16,64")
-    parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--rows", type=int, default=None, help="the first N test questions")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
+    parser.add_argument("--merged", action="store_true", help="also time a merged LoRA copy")
     args = parser.parse_args()
 
-    peft = load_for_inference(args.run)
-    recipe = peft.recipe
+    tuned = load_for_inference(args.run)
+    recipe = tuned.recipe
     rows, _, _ = convert_records(read_records(f"{args.run}/data/test.jsonl"), "auto")
     conversations = [e.prompt_messages for e in rows][: args.rows]
     tokens = recipe.eval.max_new_tokens
+    batch = args.batch_size or recipe.eval.batch_size
     print(
-        f"{len(conversations)} questions, {tokens} new tokens at most, precision "
-        f"{peft.precision}, {torch.get_num_threads()} threads, "
-        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"{len(conversations)} questions, {tokens} new tokens at most, batch size {batch}, "
+        f"precision {tuned.precision}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
+        f"({torch.backends.cpu.get_cpu_capability()})"
     )
-    print(f"{'model':<10}{'batch':>6}{'seconds':>10}{'stopped':>10}")
+    systems = [("tuned", tuned), ("base", load_for_inference(args.run, tuned=False))]
+    print(f"{'model':<8}{'way':<26}{'seconds':>9}{'speed-up':>10}{'stopped':>9}{'identical':>11}")
+    for name, loaded in systems:
+        before, before_s = timed(generate_answers_before, loaded, conversations, tokens, batch)
+        ways = [("new", loaded)]
+        if args.merged and name == "tuned":
+            copied = merged(recipe.method.name, copy.deepcopy(loaded.model)).eval()
+            ways.append(("new, LoRA merged (copy)", replace(loaded, model=copied)))
+        print(f"{name:<8}{'before':<26}{before_s:>9.1f}{'':>10}{_stopped(before):>9.1%}")
+        for label, model in ways:
+            answers, seconds = timed(generate_answers, model, conversations, tokens, batch)
+            same = sum(a == b for a, b in zip(answers, before, strict=True))
+            print(
+                f"{name:<8}{label:<26}{seconds:>9.1f}{before_s / seconds:>9.2f}x"
+                f"{_stopped(answers):>9.1%}{f'{same}/{len(answers)}':>11}"
+            )
 
-    base = load_causal_lm(resolve(recipe.model.base, recipe.model.accept_license))
-    model = merged(
-        recipe.method.name, load_final(recipe.method.name, base, str(final_dir(args.run)))
-    )
-    folded = type(peft)(model.eval(), peft.tokenizer, recipe, peft.precision)
-    for batch in (int(b) for b in args.batch_sizes.split(",")):
-        for label, loaded in (("peft", peft), ("merged", folded)):
-            start = time.perf_counter()
-            answers = generate_answers(loaded, conversations, tokens, batch_size=batch)
-            seconds = time.perf_counter() - start
-            stopped = sum(s for _, s in answers) / len(answers)
-            print(f"{label:<10}{batch:>6}{seconds:>10.1f}{stopped:>10.1%}")
+
+def _stopped(answers: list[tuple[str, bool]]) -> float:
+    return sum(stopped for _, stopped in answers) / max(len(answers), 1)
 
 
 if __name__ == "__main__":

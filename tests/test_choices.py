@@ -2,13 +2,14 @@
 
 import json
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import write_jsonl, write_recipe
 
 from migaki.cli import main
-from migaki.config import CleanConfig, DataConfig
+from migaki.config import CleanConfig, DataConfig, MethodConfig
 from migaki.data import read_records, to_examples
 from migaki.data.batches import collate
 from migaki.data.clean import clean_records
@@ -16,16 +17,18 @@ from migaki.data.formats import choice_prompt, convert, detect_format, text_path
 from migaki.data.load import Record
 from migaki.data.prepare import prepare_data
 from migaki.data.split import write_split
-from migaki.data.tokenize import IGNORE_INDEX, tokenize_example
+from migaki.data.tokenize import IGNORE_INDEX, TokenizedExample, tokenize_example
 from migaki.data.validate import validate_file
 from migaki.errors import DataError
 from migaki.evaluate.choices import (
     ChoiceScores,
     answer_logprobs,
+    choice_logprobs,
     is_choice_example,
     score_choices,
     tokenize_choices,
 )
+from migaki.methods import apply_method
 from migaki.models.inference import load_for_inference
 
 NUMBERED = {
@@ -237,7 +240,7 @@ def test_choice_logprobs_equal_a_plain_full_logits_computation(loaded):
     expected = [plain_logprob(loaded.model, row) for row in rows]
     assert sums.tolist() == pytest.approx(expected, abs=1e-4)
     assert counts.tolist() == [row.trainable_tokens for row in rows]
-    # one question at a time, the shared prompt run once and its cache reused for each choice
+    # many questions per pass, each prompt run once and its choices packed after it
     scores = score_choices(loaded, examples)
     assert [lp for row in scores.logprobs for lp in row] == pytest.approx(expected, abs=1e-4)
     assert [n for row in scores.tokens for n in row] == counts.tolist()
@@ -261,6 +264,95 @@ def test_a_row_counts_as_correct_when_its_answer_is_the_most_likely_choice(loade
     assert score_choices(loaded, [example]).metrics()["choice_accuracy"] == 1.0
     example.meta["answer"] = (best + 1) % 5
     assert score_choices(loaded, [example]).metrics()["choice_accuracy"] == 0.0
+
+
+def one_row_at_a_time(model, examples, tokenizer, system_prompt=None):
+    """The reference: each choice row alone through `answer_logprobs`, no padding, no packing."""
+    logprobs, tokens = [], []
+    for example in examples:
+        rows = tokenize_choices(example, tokenizer, system_prompt)
+        alone = [answer_logprobs(model, collate([row], tokenizer.pad_token_id)) for row in rows]
+        logprobs.append([sums.item() for sums, _ in alone])
+        tokens.append([counts.item() for _, counts in alone])
+    return logprobs, tokens
+
+
+def assert_same_scores(scores, logprobs, tokens):
+    assert len(scores.logprobs) == len(logprobs)
+    for got, expected in zip(scores.logprobs, logprobs, strict=True):
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert scores.tokens == tokens
+    assert scores.picks == [max(range(len(r)), key=lambda i: (r[i], -i)) for r in logprobs]
+
+
+def many_questions(count: int = 9):
+    """Questions of 3 and 5 choices, English and Japanese, of different lengths."""
+    rows = choice_rows(count)
+    rows[4] = rows[4] | {"question": "Which one of these many things is it, then? " * 4}
+    rows[3] = rows[3] | {"choice1": "写真集と絵本と図鑑" * 3}  # one long choice
+    return [convert(record(fields, i), "choice") for i, fields in enumerate(rows)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 8, 1000])
+def test_batched_choice_scores_equal_each_row_scored_alone(loaded, batch_size):
+    examples = many_questions()
+    with torch.no_grad():
+        logprobs, tokens = one_row_at_a_time(loaded.model, examples, loaded.tokenizer)
+    scores = score_choices(loaded, examples, batch_size=batch_size)
+    assert_same_scores(scores, logprobs, tokens)
+    assert scores.answers == [e.meta["answer"] for e in examples]
+
+
+def test_batched_choice_scores_hold_with_a_system_prompt_and_eager_attention(tiny_model):
+    loaded = load_for_inference(tiny_model)
+    loaded.model.set_attn_implementation("eager")  # takes the additive form of the packed mask
+    recipe = SimpleNamespace(
+        data=SimpleNamespace(system_prompt="You answer quizzes."),
+        eval=SimpleNamespace(batch_size=7),  # eval.batch_size: choice rows per pass
+    )
+    loaded = replace(loaded, recipe=recipe, precision="fp32")
+    examples = many_questions()
+    with torch.no_grad():
+        logprobs, tokens = one_row_at_a_time(
+            loaded.model, examples, loaded.tokenizer, "You answer quizzes."
+        )
+    assert_same_scores(score_choices(loaded, examples), logprobs, tokens)
+
+
+def test_rows_without_a_common_start_or_beyond_a_window_are_still_scored_alone(loaded, monkeypatch):
+    tokenizer, model = loaded.tokenizer, loaded.model
+    rows = tokenize_choices(many_questions()[1], tokenizer)
+    # a question whose rows share nothing with the other's: no common start is cached
+    other = [TokenizedExample(row.input_ids[1:], row.labels[1:]) for row in rows[:2]]
+    questions = [rows, other]
+    with torch.no_grad():
+        expected = [
+            [answer_logprobs(model, collate([row], tokenizer.pad_token_id))[0].item() for row in q]
+            for q in questions
+        ]
+        scored = choice_logprobs(model, questions, tokenizer.pad_token_id, batch_size=4)
+        assert [sums.tolist() for sums, _ in scored] == [
+            pytest.approx(e, abs=1e-4) for e in expected
+        ]
+        # rows longer than a sliding attention window run as plain padded rows
+        monkeypatch.setattr(model.config, "sliding_window", 8, raising=False)
+        scored = choice_logprobs(model, questions, tokenizer.pad_token_id, batch_size=3)
+    assert [sums.tolist() for sums, _ in scored] == [pytest.approx(e, abs=1e-4) for e in expected]
+    assert [counts.tolist() for _, counts in scored] == [
+        [row.trainable_tokens for row in q] for q in questions
+    ]
+
+
+@pytest.mark.parametrize("name", ["prompt", "prefix"])
+def test_prompt_learning_models_are_scored_like_each_row_alone(tiny_model, name):
+    base = load_for_inference(tiny_model)
+    torch.manual_seed(0)
+    model = apply_method(base.model, MethodConfig(name=name, num_virtual_tokens=4)).eval()
+    loaded = replace(base, model=model, precision="fp32")
+    examples = many_questions(5)
+    with torch.no_grad():
+        logprobs, tokens = one_row_at_a_time(model, examples, loaded.tokenizer)
+    assert_same_scores(score_choices(loaded, examples, batch_size=6), logprobs, tokens)
 
 
 def test_metrics_by_sum_and_by_mean_per_token():
