@@ -95,6 +95,7 @@ LAYERS = [
         "migaki.monitor",
         "migaki.sweep",
     ],
+    ["migaki.ui"],
     ["migaki.commands", "migaki.cli", "migaki.__main__", "migaki"],
 ]
 APART = ("migaki.train", "migaki.evaluate")  # one layer, and neither imports the other
@@ -106,6 +107,7 @@ LATE_IMPORTS = {
     "migaki.cli_monitor": {"migaki.monitor"},  # torch and the embedding model: only when run
     "migaki.cli_feedback": {"migaki.monitor"},  # the serve readers and sqlite3: only when run
     "migaki.cli_sweep": {"migaki.sweep"},  # Optuna, torch and the trainer: only when run
+    "migaki.cli_ui": {"migaki.ui"},  # FastAPI, torch and the serve stack: only when run
 }
 
 

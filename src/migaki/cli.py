@@ -20,6 +20,7 @@ from migaki.cli_monitor import add_monitor_command
 from migaki.cli_parsing import add_command
 from migaki.cli_serve import add_serve_command
 from migaki.cli_sweep import add_sweep_command
+from migaki.cli_ui import add_ui_command
 from migaki.errors import Interrupted, UserError
 
 OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_command(commands)
     add_monitor_command(commands)
     add_serve_command(commands)
+    add_ui_command(commands)
 
     mod = command("models", "List bundled and known base models, or pull one into the cache.")
     mod.add_argument("action", nargs="?", choices=["list", "pull"], default="list")

@@ -689,7 +689,7 @@ def build_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        problems = [describe_error(error) for error in exc.errors()]
         raise UserError("\n".join(f"{source}: {p}" for p in problems)) from None
     recipe._source = source
     return recipe
@@ -756,7 +756,7 @@ def _is_recipe_key(dotted: str) -> bool:
     return section is None  # a leaf: a whole section cannot be swept
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     loc = [str(part) for part in error["loc"]]
     key = ".".join(loc) or "recipe"
     if error["type"] == "extra_forbidden":

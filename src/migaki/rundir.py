@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 import yaml
 
@@ -31,8 +33,12 @@ def new_run_dir(name: str, root: Path = Path("runs")) -> Path:
 
 
 def save_recipe(recipe: Recipe, run_dir: Path) -> None:
-    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
-    (run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
+    (run_dir / "recipe.yaml").write_text(recipe_text(recipe), encoding="utf-8")
+
+
+def recipe_text(recipe: Recipe) -> str:
+    """The resolved recipe as YAML, as a run directory keeps it."""
+    return yaml.safe_dump(recipe.to_dict(), sort_keys=False, allow_unicode=True)
 
 
 def is_run(path: str | Path) -> bool:
@@ -112,7 +118,31 @@ def environment() -> dict[str, Any]:
         "machine": machine,
         "git_commit": _git_commit(),
         "command": " ".join(sys.argv),
+        "process": this_process(),
     }
+
+
+def this_process() -> dict[str, Any]:
+    """Who is writing the run: host, pid and the pid's start time (pids are reused, so the
+    start time tells this process from a later one with the same number)."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": round(psutil.Process().create_time(), 2),
+    }
+
+
+def process_alive(manifest: dict[str, Any]) -> bool | None:
+    """Whether the process a manifest names still runs: True or False on this host, None
+    when it ran on another host (or the manifest names none) and cannot be told from here."""
+    process = manifest.get("process") or {}
+    if process.get("host") != socket.gethostname() or "pid" not in process:
+        return None
+    try:
+        started = psutil.Process(process["pid"]).create_time()
+    except psutil.Error:  # gone, or not ours to see
+        return False
+    return abs(started - process.get("started", started)) < 1.0
 
 
 def peak_memory_mb() -> float:

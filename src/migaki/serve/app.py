@@ -80,11 +80,16 @@ def create_app(state: ServeState) -> Guard:
     started."""
     app = FastAPI(title="migaki serve", version=__version__, docs_url=None, redoc_url=None)
     app.state.migaki = state
+    add_openai_routes(app, state)
+    return Guard(app, state)
+
+
+def add_openai_routes(app: FastAPI, state: ServeState) -> None:
+    """The OpenAI-shaped routes and error bodies on `app` (also `migaki ui`'s playground)."""
     if state.feedback is not None and state.log is not None:
         state.answered |= logged_ids(state.log.directory)
     _error_handlers(app)
     _routes(app, state)
-    return Guard(app, state)
 
 
 class Guard:

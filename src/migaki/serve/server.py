@@ -88,10 +88,10 @@ def check_options(options: ServeOptions) -> None:
         raise UserError(f"--runs {options.runs_root}: no such folder")
     if not 0 < options.port < 65536:
         raise UserError(f"--port {options.port}: not a port number")
-    _check_free(options.host, options.port)
+    check_free(options.host, options.port)
 
 
-def _check_free(host: str, port: int) -> None:
+def check_free(host: str, port: int) -> None:
     """Refuse a port another program holds before minutes go into loading models (uvicorn
     would find out only then, and exit 1 with a log line)."""
     try:

@@ -1,0 +1,1 @@
+"""`migaki ui`: see, compare, start and try runs in a browser."""
