@@ -89,6 +89,7 @@ def main() -> None:
                 page = browser.new_page(viewport={"width": 1360, "height": 900})
                 page.goto(url + "/")
                 page.evaluate(f"localStorage.setItem('migaki.lang', '{lang}')")
+                page.reload()  # the language is read as the page loads
                 shoot(page, url + "/#/", args.out / f"runs-{lang}.png", "#runs-table")
                 shoot(page, f"{url}/#/run/{run}", args.out / f"run-{lang}.png", ".chart")
                 if len(compared) >= 2:

@@ -295,6 +295,7 @@ def _new_run_routes(app: FastAPI, state: UiState) -> None:
 
     @app.post("/api/estimate")
     async def estimate(request: Request):
+        _writable(state)  # it trains a few steps in a child process
         recipe = _recipe(state, await _json(request))
         with tempfile.TemporaryDirectory(prefix="migaki-ui-estimate-") as workdir:
             try:
