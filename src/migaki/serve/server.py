@@ -59,9 +59,9 @@ def read_key_file(path: str | Path) -> dict[str, str]:
     return keys
 
 
-def check_key(key: str, where: str) -> None:
+def check_key(key: str, where: str, what: str = "an API key") -> None:
     if len(key) < MIN_KEY_LENGTH:
-        raise UserError(f"{where}: an API key needs {MIN_KEY_LENGTH} characters at least")
+        raise UserError(f"{where}: {what} needs {MIN_KEY_LENGTH} characters at least")
 
 
 def is_loopback(host: str) -> bool:

@@ -24,7 +24,7 @@ def read_token(path: str | Path) -> str:
     except OSError as exc:
         raise UserError(f"{path}: cannot read the token file ({exc.strerror})") from None
     token = text.splitlines()[0].strip() if text else ""
-    check_key(token, str(path))
+    check_key(token, str(path), "a token")
     return token
 
 
@@ -36,7 +36,7 @@ def check_options(options: UiOptions) -> None:
             "(--token-file FILE or MIGAKI_UI_TOKEN)"
         )
     if options.token:
-        check_key(options.token, "the token")
+        check_key(options.token, "the token", "a token")
     if options.runs.exists() and not options.runs.is_dir():
         raise UserError(f"--runs {options.runs}: not a folder")
     for name, folder in options.data.items():
