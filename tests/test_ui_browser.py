@@ -88,6 +88,8 @@ def test_runs_list_shows_the_run(server, page, tmp_path):
     row = page.locator("tr", has_text="faq").first
     row.wait_for()
     assert "completed" in row.inner_text().lower()
+    missing = page.evaluate("async () => (await import('/static/i18n.js')).missingKeys()")
+    assert missing == {"en": [], "ja": []}  # every label in both languages
     shot = tmp_path / "runs.png"
     page.screenshot(path=str(shot))
     assert _not_blank(shot)

@@ -93,6 +93,7 @@ def test_a_completed_run_is_summarised_from_its_manifest_records_and_eval(roots)
         "started": STARTED,
         "finished": FINISHED,
         "wall_s": 512.0,
+        "cost": None,  # the recipe names no estimate.price_per_hour
         "step": 40,
         "total_steps": 40,
         "best_val_loss": 0.81,
@@ -436,3 +437,10 @@ def test_data_files_and_paths_are_shown_by_folder_name(roots, tmp_path):
     assert nested.shown(roots.data["data"] / "a" / "x.csv") == "deep/x.csv"
     with pytest.raises(PathRefused, match="Unknown data folder other"):
         roots.data_file("other/faq.jsonl")
+
+
+def test_cost_is_the_wall_time_at_the_recipes_price(roots):
+    run = make_run(roots, "priced", completed())
+    text = (run / "recipe.yaml").read_text()
+    (run / "recipe.yaml").write_text(text.replace("price_per_hour: null", "price_per_hour: 3.6"))
+    assert runs.run_summary(run)["cost"] == round(3.6 * 512.0 / 3600, 4)

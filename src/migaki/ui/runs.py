@@ -60,6 +60,7 @@ SUMMARY_KEYS = (
     "started",
     "finished",
     "wall_s",
+    "cost",
     "step",
     "total_steps",
     "best_val_loss",
@@ -127,6 +128,7 @@ def run_summary(
         **_best(manifest, records),
         "metrics": _eval_figures(run) or _last_validation(records),
         "train_minutes": round(wall_s / 60, 1) if wall_s is not None else None,
+        "cost": _cost(recipe, wall_s),
         "tokens_per_s": _last(records, "train").get("tokens_per_s"),
         "peak_memory_mb": manifest.get("peak_memory_mb"),
         "can_stop": status == "running",
@@ -271,6 +273,15 @@ def _base_model(recipe: Recipe | None, manifest: dict[str, Any], roots: Roots) -
     if isinstance(base, str) and base.startswith(("/", "~", ".")):  # a folder, not an alias
         return roots.shown(base)
     return base
+
+
+def _cost(recipe: Recipe | None, wall_s: float | None) -> float | None:
+    """The wall time at the recipe's `estimate.price_per_hour` (what `migaki estimate`
+    prices with), or None without a price."""
+    price = recipe.estimate.price_per_hour if recipe is not None else None
+    if price is None or wall_s is None:
+        return None
+    return round(price * wall_s / 3600, 4)
 
 
 def _wall_s(manifest: dict[str, Any], status: str, records: list[dict]) -> float | None:

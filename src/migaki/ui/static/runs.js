@@ -132,7 +132,8 @@ export function renderRuns(root, { info }) {
       h("td", { class: "metrics" }, metrics.length
         ? metrics.map(([k, v]) => h("span", { class: "metric" }, h("span", { class: "metric-key" }, k), " ", num(v)))
         : "–"),
-      h("td", { class: "num" }, duration(run.wall_s)),
+      h("td", { class: "num" }, duration(run.wall_s),
+        run.cost != null ? h("div", { class: "muted cost" }, t("runs.cost", { cost: num(run.cost) })) : null),
       h("td", { class: "num steps" },
         `${run.step ?? "–"} / ${run.total_steps ?? "–"}`,
         pct !== null ? h("div", { class: "bar", title: `${pct}%` }, h("div", { style: { width: `${pct}%` } })) : null),
