@@ -60,8 +60,11 @@ def server(tmp_path_factory):
     thread.join(timeout=15)
     state.serve.engine.stop()
     for child in psutil.Process().children(recursive=True):  # a run a failed test left going
-        if "migaki" in " ".join(child.cmdline()):
-            child.kill()
+        try:
+            if "migaki" in " ".join(child.cmdline()):
+                child.kill()
+        except psutil.Error:  # ended already (a zombie until reaped)
+            pass
 
 
 @pytest.fixture(scope="module")
