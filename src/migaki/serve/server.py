@@ -136,14 +136,19 @@ def serve(options: ServeOptions, ready=None) -> None:
     state = build_state(options)
     if ready is not None:
         ready(state)
+    answer_until_stopped(create_app(state), options.host, options.port, state.engine)
+
+
+def answer_until_stopped(app, host: str, port: int, engine: Engine, log_level=None) -> None:
+    """uvicorn on `app` until interrupted (Ctrl-C), then the generation worker stopped."""
     config = uvicorn.Config(
-        create_app(state),
-        host=options.host,
-        port=options.port,
-        log_level=os.environ.get("MIGAKI_SERVE_LOG_LEVEL", "warning"),
+        app,
+        host=host,
+        port=port,
+        log_level=log_level or os.environ.get("MIGAKI_SERVE_LOG_LEVEL", "warning"),
         timeout_graceful_shutdown=5,
     )
     try:
         uvicorn.Server(config).run()
     finally:
-        state.engine.stop()
+        engine.stop()

@@ -7,10 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import uvicorn
-
 from migaki.errors import UserError
-from migaki.serve.server import check_free, check_key, is_loopback
+from migaki.serve.server import answer_until_stopped, check_free, check_key, is_loopback
 from migaki.ui.app import UiOptions, UiState, build_state, create_app
 
 LANGUAGES = ("en", "ja")
@@ -71,14 +69,6 @@ def run_ui(options: UiOptions, ready: Callable[[UiState], None] | None = None) -
     state = build_state(options)
     if ready is not None:
         ready(state)
-    config = uvicorn.Config(
-        create_app(state),
-        host=options.host,
-        port=options.port,
-        log_level=os.environ.get("MIGAKI_UI_LOG_LEVEL", "warning"),
-        timeout_graceful_shutdown=3,
-    )
-    try:
-        uvicorn.Server(config).run()
-    finally:
-        state.serve.engine.stop()
+    log_level = os.environ.get("MIGAKI_UI_LOG_LEVEL", "warning")
+    app = create_app(state)
+    answer_until_stopped(app, options.host, options.port, state.serve.engine, log_level)
