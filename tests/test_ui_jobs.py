@@ -226,6 +226,18 @@ def test_a_started_run_trains_and_its_log_hides_the_runs_folder(tmp_path, tiny_m
         jobs.export("tiny", "hf")
 
 
+def test_a_run_that_fails_before_its_manifest_stays_listed_as_failed(tmp_path, children):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(8))
+    (tmp_path / "empty-model").mkdir()
+    text = write_recipe(tmp_path / "r.yaml", tmp_path / "empty-model", data).read_text()
+    jobs = Jobs(tmp_path / "runs")
+    jobs.start_train(text, "broken")
+    wait_for(lambda: jobs.status("broken").startswith("exited"), "the run to fail")
+    assert jobs.status("broken") == "exited 2"
+    assert jobs.launched() == {"broken": "failed"}  # not gone from the list: its log says why
+    assert "error:" in jobs.log_tail("broken")
+
+
 def test_estimate_measures_the_recipe_as_written(tmp_path, tiny_model, data_root, monkeypatch):
     recipe = form.recipe_from_form(form_values(tiny_model), roots_of(data_root))
     seen = {}

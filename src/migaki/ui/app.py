@@ -379,8 +379,9 @@ def _detail(state: UiState, name: str) -> dict:
     _run(state, name, starting_ok=True)
     try:
         found = runs.run_detail(state.roots, name)
-    except PathRefused:  # launched, no recipe written yet
-        found = {"summary": {"name": name, "status": "starting"}}
+    except PathRefused:  # launched, no recipe written yet (or it failed before writing one)
+        status = state.jobs.launched().get(name, "starting")
+        found = {"summary": {"name": name, "status": status}}
     found["summary"] = _with_controls(state, found["summary"])
     tail = state.jobs.log_tail(name)
     found["log_tail"] = _without_paths(state, tail) if tail else None

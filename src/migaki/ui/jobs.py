@@ -179,10 +179,19 @@ class Jobs:
 
     def launched(self) -> dict[str, str]:
         """Runs whose training process this server started and which have not written their
-        manifest yet (a resume counts until it rewrites it), each mapped to `starting`."""
+        manifest yet (a resume counts until it rewrites it): `starting` while the process
+        lives, `failed` when a new run's process ended before writing any manifest (a bad
+        model or data file: its launch log says why, and the page shows it)."""
         with self._lock:
             jobs = list(self._jobs.values())
-        return {job.name: "starting" for job in jobs if self.status(job.name) == "starting"}
+        shown = {}
+        for job in jobs:
+            state = self.status(job.name)
+            if state == "starting":
+                shown[job.name] = "starting"
+            elif job.kind == "train" and not self._writes_manifest(job):  # it ended unwritten
+                shown[job.name] = "failed"
+        return shown
 
     def log_tail(self, name: str, lines: int = 40) -> str | None:
         """The last `lines` lines of the run's launch log, the runs folder's real path written
