@@ -225,3 +225,27 @@ def test_lookup_continues_the_latest_occurrence_and_loops():
     assert generation._lookup([1, 3, 4, 3, 4, 3, 4], 5) == [3, 4, 3, 4, 3]
     assert generation._lookup([1, 2, 3], 4) == []
     assert generation._lookup([1, 2, 1, 2], 0) == []
+
+
+def test_greedy_tokens_block_by_block_equal_one_argmax_ties_included(monkeypatch):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50)
+    with torch.no_grad():
+        head.weight[37] = head.weight[3]  # a tie across blocks: the first index wins
+        head.bias[37] = head.bias[3]
+        head.weight[3] *= 40  # and wins for most positions
+    states = torch.randn(3, 5, 16)
+    expected = head(states).argmax(dim=-1)
+    assert (expected == 3).any()
+    monkeypatch.setattr(generation, "_HEAD_ROWS", 7)
+    assert torch.equal(generation.greedy_tokens(head, states), expected)
+    monkeypatch.setattr(generation, "_HEAD_ROWS", 64)
+    assert torch.equal(generation.greedy_tokens(head, states[:, :1]), expected[:, :1])
+
+
+def test_greedy_generation_over_head_blocks_is_unchanged(loaded, monkeypatch):
+    prompts = prompt_ids(loaded.tokenizer)
+    model = tiny_gemma(len(loaded.tokenizer), sliding_window=4096)
+    monkeypatch.setattr(generation, "_HEAD_ROWS", 97)  # a vocabulary of several blocks
+    assert generation._plain_head(model) is not None
+    check_equal_to_alone(model, prompts, 10, [3, 100], monkeypatch)

@@ -14,6 +14,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from migaki.data.tokenize import render_prompt
+from migaki.evaluate.growing_cache import grow_in_place
 from migaki.models.inference import LoadedModel, load_for_inference
 from migaki.models.templates import end_of_turn_ids
 from migaki.objectives import decoder, is_prompt_learning
@@ -133,7 +134,7 @@ def generate_tokens(
         drafts = []
         if temperature <= 0 and _joinable(batch.cache):
             drafts = _drafts(batch, prompts, generated, max_new_tokens, room)
-        picked = _pick(_step_logits(model, head, batch, drafts, pad_token_id), temperature)
+        picked = _step_picks(model, head, batch, drafts, pad_token_id, temperature)
         going, following, advance = [], [], []
         for slot, row in enumerate(batch.rows):
             accepted = _accepted(drafts[slot] if drafts else [], picked[slot])
@@ -195,7 +196,9 @@ def _prefill(model, prompts: list[list[int]], rows: list[int], pad_token_id: int
         **arguments,
     )
     last = torch.tensor([prompts[row][-1] for row in rows], device=device)
-    return _Batch(list(rows), _cache_of(output), mask, mask.sum(dim=-1), last)
+    cache = _cache_of(output)
+    grow_in_place(cache)
+    return _Batch(list(rows), cache, mask, mask.sum(dim=-1), last)
 
 
 _SHARED_AT_LEAST = 8  # common tokens worth a pass of their own
@@ -324,16 +327,17 @@ def _plain_head(model) -> torch.nn.Linear | None:
     return head if plain else None
 
 
-def _step_logits(
-    model, head: torch.nn.Linear | None, batch: _Batch, drafts: list[list[int]], pad_token_id: int
-) -> torch.Tensor:
-    """(rows, 1 + longest draft, vocab) float32 logits after each row's next input and its
-    draft tokens; the cache and mask grow by as many slots (the caller masks refused drafts).
-
-    A plain head is applied to the decoder's states as weight @ states.T: with MKL on CPU,
-    `F.linear` of a few rows against Gemma 3's (262k, 640) head took 3.5x as long as this
-    product for 3 rows and 1.6x for 32 (AMD EPYC, AVX2), and that head is the largest matrix
-    of a small model's decoding step. Other heads go through the model's own forward."""
+def _step_picks(
+    model,
+    head: torch.nn.Linear | None,
+    batch: _Batch,
+    drafts: list[list[int]],
+    pad_token_id: int,
+    temperature: float,
+) -> list[list[int]]:
+    """Per row, the token chosen after its next input and each of its draft tokens (greedy),
+    or one token sampled after its next input. The cache and mask grow by 1 + the longest
+    draft slots (the caller masks refused drafts)."""
     device = batch.mask.device
     width = 1 + max((len(d) for d in drafts), default=0)
     ids = torch.full((len(batch.rows), width), pad_token_id, dtype=torch.long)
@@ -350,21 +354,61 @@ def _step_logits(
     if head is None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         inputs[_cache_argument(base)] = batch.cache
-        return base(**inputs).logits.float()
-    body = decoder(model)
-    inputs[_cache_argument(body)] = batch.cache
-    states = body(**inputs).last_hidden_state  # (rows, width, dim)
+        logits = base(**inputs).logits.float()
+    else:
+        body = decoder(model)
+        inputs[_cache_argument(body)] = batch.cache
+        states = body(**inputs).last_hidden_state  # (rows, width, dim)
+        if temperature <= 0:
+            return greedy_tokens(head, states).tolist()
+        logits = _head_logits(head, states)
+    if temperature <= 0:
+        return logits.argmax(dim=-1).tolist()
+    return [[token] for token in _next_tokens(logits[:, 0], temperature).tolist()]
+
+
+_HEAD_ROWS = 4096  # LM-head rows per product in greedy_tokens on a CPU
+
+
+def greedy_tokens(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
+    """argmax(head(states)) over the last dimension, the same first-index tie-break, without
+    the whole (positions, vocab) logits ever being written.
+
+    A plain head's product is weight @ states.T: with MKL on CPU, `F.linear` of a few rows
+    against Gemma 3's (262k, 640) head took 3.5x as long for 3 rows and 1.6x for 32 (AMD EPYC,
+    AVX2). On a CPU the head goes 4,096 vocabulary rows at a time, each block's maximum taken
+    while it is in cache: for 32 positions the head and argmax took 100 ms instead of 148 + 25
+    (argmax over 33 MB of logits). Positions are padded to a multiple of 8: 15 took 150 ms
+    and 16 took 80 ms. On a GPU the product stays whole (one kernel instead of 64)."""
+    shape = states.shape[:-1]
+    flat = states.reshape(-1, states.shape[-1]).to(head.weight.dtype)
+    count = flat.shape[0]
+    right = F.pad(flat, (0, 0, 0, -count % 8)).T  # (dim, positions padded)
+    vocab = head.weight.shape[0]
+    step = _HEAD_ROWS if head.weight.device.type == "cpu" else vocab
+    best = index = None
+    for start in range(0, vocab, step):
+        logits = head.weight[start : start + step] @ right  # (block, positions)
+        if head.bias is not None:
+            logits = logits + head.bias[start : start + step, None]
+        where = logits.argmax(dim=0)
+        values = logits.gather(0, where[None])[0]
+        if best is None:
+            best, index = values, where
+        else:  # strictly greater: an earlier block keeps a tie, as one argmax would
+            better = values > best
+            best = torch.where(better, values, best)
+            index = torch.where(better, where + start, index)
+    return index[:count].reshape(shape)
+
+
+def _head_logits(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
+    """(rows, width, vocab) float32 logits of a plain head (weight @ states.T, see
+    greedy_tokens for why not `F.linear`)."""
     flat = states.reshape(-1, states.shape[-1]).to(head.weight.dtype)
     logits = (head.weight @ flat.T).T
     logits = logits if head.bias is None else logits + head.bias
     return logits.reshape(*states.shape[:2], -1).float()
-
-
-def _pick(logits: torch.Tensor, temperature: float) -> list[list[int]]:
-    """Per row, the token chosen after each input position (greedy), or one sampled token."""
-    if temperature <= 0:
-        return logits.argmax(dim=-1).tolist()
-    return [[token] for token in _next_tokens(logits[:, 0], temperature).tolist()]
 
 
 def _next_tokens(logits: torch.Tensor, temperature: float) -> torch.Tensor:
