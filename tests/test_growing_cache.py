@@ -30,9 +30,10 @@ def run(layer, updates, select_at: int | None = None):
 
 
 def same(first, second) -> bool:
-    return len(first) == len(second) and all(
-        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, second)
-    )
+    if len(first) != len(second):
+        return False
+    pairs = zip(first, second, strict=True)
+    return all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in pairs)
 
 
 def test_a_growing_layer_returns_what_a_dynamic_layer_returns_in_one_buffer():
