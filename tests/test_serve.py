@@ -25,6 +25,17 @@ SYSTEM = "You answer questions about our products."
 QUESTION = [{"role": "user", "content": "How much is product 4?"}]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fp32_inference():
+    """Serving in fp32 here, whatever this CPU would pick: the server's head is transformers'
+    `F.linear`, `migaki generate`'s a plain product, and under bf16 autocast the two round
+    differently enough to flip near-tied logits of a random tiny model (seen on a CPU with
+    avx512_bf16). What these tests check is which model answers, not bf16 rounding."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("migaki.precision.cpu_bf16_is_faster", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model):
     """Three LoRA runs on the tiny model, in one runs folder; their adapters differ."""
