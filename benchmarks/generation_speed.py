@@ -4,10 +4,12 @@ until its batch's longest ends; kept below as the reference) against `generate_a
 leave the batch when they end, waiting rows join it), for the tuned model and its base.
 
     python benchmarks/generation_speed.py RUN_DIR [--rows 37] [--batch-size 32] [--merged]
+        [--precision fp32|bf16]
 
 Prints seconds for the run's test questions at eval.max_new_tokens, the speed-up, the share
 of answers that ended by themselves, and how many answers are identical to the reference's.
-`--merged` also times the new way with the LoRA adapter folded into a copy of the base. Not
+`--merged` also times the new way with the LoRA adapter folded into a copy of the base;
+`--precision` overrides the one this machine picks (`auto`: bf16 where it measured faster). Not
 a test: nothing is asserted. On a busy machine set OMP_NUM_THREADS=1 (see benchmarks/jcqa.py).
 """
 
@@ -98,9 +100,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="the first N test questions")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
     parser.add_argument("--merged", action="store_true", help="also time a merged LoRA copy")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     args = parser.parse_args()
 
     tuned = load_for_inference(args.run)
+    base = load_for_inference(args.run, tuned=False)
+    if args.precision:
+        tuned, base = (replace(m, precision=args.precision) for m in (tuned, base))
     recipe = tuned.recipe
     rows, _, _ = convert_records(read_records(f"{args.run}/data/test.jsonl"), "auto")
     conversations = [e.prompt_messages for e in rows][: args.rows]
@@ -111,7 +117,7 @@ def main() -> None:
         f"precision {tuned.precision}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
         f"({torch.backends.cpu.get_cpu_capability()})"
     )
-    systems = [("tuned", tuned), ("base", load_for_inference(args.run, tuned=False))]
+    systems = [("tuned", tuned), ("base", base)]
     print(f"{'model':<8}{'way':<26}{'seconds':>9}{'speed-up':>10}{'stopped':>9}{'identical':>11}")
     for name, loaded in systems:
         before, before_s = timed(generate_answers_before, loaded, conversations, tokens, batch)
