@@ -249,3 +249,18 @@ def test_greedy_generation_over_head_blocks_is_unchanged(loaded, monkeypatch):
     monkeypatch.setattr(generation, "_HEAD_ROWS", 97)  # a vocabulary of several blocks
     assert generation._plain_head(model) is not None
     check_equal_to_alone(model, prompts, 10, [3, 100], monkeypatch)
+
+
+def test_a_head_cast_once_for_bf16_picks_what_autocast_picks(monkeypatch):
+    torch.manual_seed(1)
+    head = torch.nn.Linear(32, 300)
+    states = torch.randn(4, 3, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = generation._cast_once(head)
+        expected = generation.greedy_tokens(head, states)
+        assert cast.weight.dtype == torch.bfloat16 and cast.bias is head.bias
+        assert torch.equal(generation.greedy_tokens(cast, states), expected)
+        assert torch.equal(
+            generation._head_logits(cast, states), generation._head_logits(head, states)
+        )
+    assert generation._cast_once(head) is head  # no autocast: nothing to cast

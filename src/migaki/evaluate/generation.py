@@ -115,7 +115,7 @@ def generate_tokens(
     or a window the rows outgrow) run in fixed batches, still dropping rows."""
     if not prompts:
         return []
-    head = _plain_head(model)
+    head = _cast_once(_plain_head(model))
     room = _window(model)
     window_fits = room is None or max(len(p) for p in prompts) + max_new_tokens < room
     waiting = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -325,6 +325,25 @@ def _plain_head(model) -> torch.nn.Linear | None:
     hooked = bool(head._forward_hooks or head._forward_pre_hooks) or hasattr(head, "_hf_hook")
     plain = type(head) is torch.nn.Linear and not rescaled and not hooked
     return head if plain else None
+
+
+def _cast_once(head: torch.nn.Linear | None) -> torch.nn.Linear | None:
+    """The head with its weight in the autocast dtype, cast once for the whole generation.
+
+    Autocast casts a frozen weight again at every product (it caches only weights that
+    require grad): for Gemma 3's head that is 671 MB read and 335 MB written per step. The
+    products are the same, since autocast rounds the weight to the same dtype; the bias stays
+    as it is, as autocast leaves the addition."""
+    device = head.weight.device.type if head is not None else "cpu"
+    if head is None or not torch.is_autocast_enabled(device):
+        return head
+    dtype = torch.get_autocast_dtype(device)
+    if head.weight.dtype == dtype:
+        return head
+    cast = torch.nn.Linear(head.in_features, head.out_features, bias=False, device="meta")
+    cast.weight = torch.nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
+    cast.bias = head.bias
+    return cast
 
 
 def _step_picks(
