@@ -24,6 +24,7 @@ import inspect
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="choice rows per pass, (c)")
     parser.add_argument("--chunk", type=int, default=100, help="questions per turn of each way")
     parser.add_argument("--ways", default="abc", help="which of a, b, c to run (a always runs)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="default: auto")
     args = parser.parse_args(argv)
     # (a) is what the others are measured against, so it always runs
     chosen = sorted({0} | {"abc".index(w) for w in args.ways.lower() if w in "abc"})
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quiet_libraries()
     loaded = load_for_inference(args.model)
+    if args.precision:
+        loaded = replace(loaded, precision=args.precision)
     recipe = load_run_recipe(Path(args.model)) if is_run(Path(args.model)) else None
     examples = conversation_examples(Path(args.model), args.data, recipe, None, None)
     examples = examples[: args.limit]

@@ -105,14 +105,17 @@ def generate_tokens(
     (and its key/value cache) when it ends, and waiting prompts, longest first, are prefilled
     and joined to the running batch, left-padded, once a quarter of its `batch_size` rows are
     free (or all that wait fit). Each row's positions count its own tokens only, so padding
-    changes nothing but float rounding. On the quickstart's test split (Gemma 3 270M with
-    LoRA, 37 questions, 64 tokens at most, AVX2 CPU) the tuned model's answers took 40.7 s with
-    `generate` and 26.7 s here on one thread (1.52x), 54.8 s and 20.5 s on two (2.67x)
-    (benchmarks/generation_speed.py). A step costs nearly as much for 3 rows as for 32 (the
+    changes nothing but float rounding. A step costs nearly as much for 3 rows as for 32 (the
     weights, 671 MB of them in the 262k-token LM head, are read once per step whatever the
-    rows), so the steps saved are what counts; a base model that never ends its turn gains
-    nothing. Caches that cannot be joined (layers other than plain and sliding-window ones,
-    or a window the rows outgrow) run in fixed batches, still dropping rows."""
+    rows), so the steps saved count most; the key/value cache grows in place
+    (`growing_cache`) and the head goes block by block (`greedy_tokens`), which is what a
+    base model that never ends its turn gains. On the quickstart's test split (Gemma 3 270M
+    with LoRA, 37 questions, 64 tokens at most, 2 threads) the tuned model's answers took
+    54.8 s with `generate` and 20.5 s here on an AVX2 CPU (2.67x); on an AVX-512 one 17.3 s
+    and 8.7 s in fp32 (2.00x), 15.2 s and 6.1 s in bf16 (2.48x)
+    (benchmarks/generation_speed.py, README "Evaluation speed"). Caches that cannot be joined
+    (layers other than plain and sliding-window ones, or a window the rows outgrow) run in
+    fixed batches, still dropping rows."""
     if not prompts:
         return []
     head = _cast_once(_plain_head(model))
