@@ -1,22 +1,23 @@
 """Generation speed of a run's evaluation, side by side in one process: migaki's way before
 batched generation (transformers' `generate` on fixed left-padded batches, every row running
-until its batch's longest ends; kept below as the reference) against `generate_answers` (rows
-leave the batch when they end, waiting rows join it), for the tuned model and its base.
+until its batch's longest ends, the adapter apart; kept below as the reference) against
+`generate_answers` (rows leave the batch when they end, waiting rows join it) on the model as
+`eval` loads it (`load_for_generation`: a LoRA adapter merged), for the tuned model and its base.
 
-    python benchmarks/generation_speed.py RUN_DIR [--rows 37] [--batch-size 32] [--merged]
+    python benchmarks/generation_speed.py RUN_DIR [--rows 37] [--batch-size 32]
         [--precision fp32|bf16]
 
 Prints seconds for the run's test questions at eval.max_new_tokens, the speed-up, the share
 of answers that ended by themselves, and how many answers are identical to the reference's.
-`--merged` also times the new way with the LoRA adapter folded into a copy of the base;
-`--precision` overrides the one this machine picks (`auto`: bf16 where it measured faster). Not
-a test: nothing is asserted. On a busy machine set OMP_NUM_THREADS=1 (see benchmarks/jcqa.py).
+The tuned model also runs the new way with its adapter apart, which shows what merging
+gives; `--precision` overrides the one this machine picks (`auto`: bf16 where it measured
+faster). Not a test: nothing is asserted. On a busy machine set OMP_NUM_THREADS=1 (see
+benchmarks/jcqa.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import subprocess
 import time
@@ -27,8 +28,7 @@ import torch
 from migaki.data import read_records
 from migaki.data.formats import convert_records
 from migaki.data.tokenize import render_prompt
-from migaki.evaluate import generate_answers
-from migaki.methods import merged
+from migaki.evaluate import generate_answers, load_for_generation
 from migaki.models.inference import LoadedModel, load_for_inference
 from migaki.models.templates import end_of_turn_ids
 from migaki.precision import autocast
@@ -99,14 +99,14 @@ def main() -> None:
     parser.add_argument("run")
     parser.add_argument("--rows", type=int, default=None, help="the first N test questions")
     parser.add_argument("--batch-size", type=int, default=None, help="default: eval.batch_size")
-    parser.add_argument("--merged", action="store_true", help="also time a merged LoRA copy")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default=None)
     args = parser.parse_args()
 
-    tuned = load_for_inference(args.run)
+    apart = load_for_inference(args.run)
+    tuned = load_for_generation(args.run)
     base = load_for_inference(args.run, tuned=False)
     if args.precision:
-        tuned, base = (replace(m, precision=args.precision) for m in (tuned, base))
+        apart, tuned, base = (replace(m, precision=args.precision) for m in (apart, tuned, base))
     recipe = tuned.recipe
     rows, _, _ = convert_records(read_records(f"{args.run}/data/test.jsonl"), "auto")
     conversations = [e.prompt_messages for e in rows][: args.rows]
@@ -117,14 +117,13 @@ def main() -> None:
         f"precision {tuned.precision}, {torch.get_num_threads()} threads, CPU {cpu_name()} "
         f"({torch.backends.cpu.get_cpu_capability()})"
     )
-    systems = [("tuned", tuned), ("base", base)]
+    systems = [("tuned", apart, tuned), ("base", base, base)]
     print(f"{'model':<8}{'way':<26}{'seconds':>9}{'speed-up':>10}{'stopped':>9}{'identical':>11}")
-    for name, loaded in systems:
-        before, before_s = timed(generate_answers_before, loaded, conversations, tokens, batch)
+    for name, reference, loaded in systems:
+        before, before_s = timed(generate_answers_before, reference, conversations, tokens, batch)
         ways = [("new", loaded)]
-        if args.merged and name == "tuned":
-            copied = merged(recipe.method.name, copy.deepcopy(loaded.model)).eval()
-            ways.append(("new, LoRA merged (copy)", replace(loaded, model=copied)))
+        if loaded is not reference and loaded.model is not reference.model:
+            ways.insert(0, ("new, adapter apart", reference))
         print(f"{name:<8}{'before':<26}{before_s:>9.1f}{'':>10}{_stopped(before):>9.1%}")
         for label, model in ways:
             answers, seconds = timed(generate_answers, model, conversations, tokens, batch)

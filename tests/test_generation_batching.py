@@ -5,12 +5,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import run_cli
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from migaki.config import MethodConfig
 from migaki.data.tokenize import render_prompt
 from migaki.evaluate import generation
-from migaki.evaluate.generation import generate_answers, generate_tokens
+from migaki.evaluate.generation import generate_answers, generate_tokens, load_for_generation
 from migaki.methods import apply_method
 from migaki.models.inference import load_for_inference
 
@@ -264,3 +265,25 @@ def test_a_head_cast_once_for_bf16_picks_what_autocast_picks(monkeypatch):
             generation._head_logits(cast, states), generation._head_logits(head, states)
         )
     assert generation._cast_once(head) is head  # no autocast: nothing to cast
+
+
+def test_a_lora_run_generates_merged_and_answers_as_with_its_adapter_apart(
+    capsys, tmp_path, recipe_file
+):
+    code, _, err = run_cli(capsys, "train", recipe_file, "--out", tmp_path / "run")
+    assert code == 0, err
+    apart = replace(load_for_inference(tmp_path / "run"), precision="fp32")
+    merged = replace(load_for_generation(tmp_path / "run"), precision="fp32")
+    assert any("lora_" in name for name, _ in apart.model.named_parameters())
+    assert not any("lora_" in name for name, _ in merged.model.named_parameters())
+    ids = torch.tensor(prompt_ids(apart.tokenizer)[:1])
+    with torch.no_grad():
+        # the adapter is in the merged weights: logits as with it apart, not as the base's
+        with apart.model.disable_adapter():
+            base_logits = apart.model(input_ids=ids).logits
+        apart_logits = apart.model(input_ids=ids).logits
+        merged_logits = merged.model(input_ids=ids).logits
+    assert not torch.allclose(apart_logits, base_logits, atol=1e-4)
+    torch.testing.assert_close(merged_logits, apart_logits, atol=1e-5, rtol=1e-4)
+    conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    assert generate_answers(merged, conversations, 12) == generate_answers(apart, conversations, 12)
