@@ -122,7 +122,7 @@ def main() -> None:
     for name, reference, loaded in systems:
         before, before_s = timed(generate_answers_before, reference, conversations, tokens, batch)
         ways = [("new", loaded)]
-        if loaded is not reference and loaded.model is not reference.model:
+        if type(loaded.model) is not type(reference.model):  # merging changed the model
             ways.insert(0, ("new, adapter apart", reference))
         print(f"{name:<8}{'before':<26}{before_s:>9.1f}{'':>10}{_stopped(before):>9.1%}")
         for label, model in ways:

@@ -87,7 +87,7 @@ def test_the_model_card_names_base_method_data_and_verification(lora_run, tmp_pa
 
 def test_an_export_that_lost_its_adapter_fails_with_exit_1(lora_run, tmp_path, capsys, monkeypatch):
     # what LLaMA-Factory #9051 shipped: the untrained base under the tuned model's name
-    monkeypatch.setattr("migaki.export.hf._merge", lambda model: model.unload())
+    monkeypatch.setattr("migaki.export.hf.merged", lambda name, model: model.unload())
     code, _, err = run_cli(capsys, "export", lora_run, "--to", tmp_path / "export")
     assert code == 1
     assert "the exported weights equal the base model's" in err

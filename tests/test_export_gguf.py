@@ -79,7 +79,7 @@ def test_a_gguf_export_is_read_back_by_llama_cpp_and_transformers(
 def test_the_base_weights_guard_fires_on_a_gguf_that_lost_its_adapter(
     smol_run, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr("migaki.export.hf._merge", lambda model: model.unload())
+    monkeypatch.setattr("migaki.export.hf.merged", lambda name, model: model.unload())
     code, _, err = run_cli(capsys, "export", smol_run, "--to", tmp_path / "g", "--format", "gguf")
     assert code == 1 and "the exported weights equal the base model's" in err
 

@@ -28,7 +28,7 @@ def load_for_generation(
     target: str | Path, tuned: bool = True, verify: bool = False
 ) -> LoadedModel:
     """`load_for_inference`, refusing a run whose task scores rather than generates (one line
-    naming the run and the command that scores it), with a LoRA, DoRA or IA3 adapter merged
+    naming the run and the command that scores it), with a LoRA, DoRA, QLoRA or IA3 adapter merged
     into the base weights: the same function as plain linear layers. Unmerged, every step
     runs each adapted layer's two small products beside the big one (casting them again under
     autocast): on the quickstart's test split (AMD EPYC, 2 threads) the tuned answers took
@@ -39,7 +39,7 @@ def load_for_generation(
     check_generates(path, load_run_recipe(path) if is_run(path) else None)
     loaded = load_for_inference(path, tuned, verify)
     if tuned and loaded.recipe is not None:
-        loaded.model = merged(loaded.recipe.method.name, loaded.model).eval()
+        loaded.model = merged(loaded.recipe.method.name, loaded.model)
     return loaded
 
 
@@ -124,9 +124,9 @@ def generate_tokens(
     54.8 s with `generate` and 20.5 s here on an AVX2 CPU (2.67x); on an AVX-512 one 17.7 s
     and 9.5 s in fp32 (1.86x), 19.0 s and 6.1 s in bf16 (3.12x), the adapter apart both ways
     (merged as `load_for_generation` does: 2.10x and 3.81x; benchmarks/generation_speed.py,
-    README "Evaluation speed"). Caches that cannot be joined
-    (layers other than plain and sliding-window ones, or a window the rows outgrow) run in
-    fixed batches, still dropping rows."""
+    README "Evaluation speed"). Caches that cannot be joined (layers other than plain and
+    sliding-window ones, or a window the rows outgrow) run in fixed batches, still dropping
+    rows."""
     if not prompts:
         return []
     head = _cast_once(_plain_head(model))

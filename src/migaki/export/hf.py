@@ -15,6 +15,7 @@ from transformers import GenerationConfig
 from migaki.config import Recipe
 from migaki.errors import UserError
 from migaki.evaluate.classification import load_classifier
+from migaki.methods import merged
 from migaki.models import BUNDLED, ModelSource, load_tokenizer, resolve
 from migaki.models.bundled import bundled_dir
 from migaki.models.inference import load_for_inference
@@ -61,18 +62,10 @@ def tuned_model(run: Path, recipe: Recipe) -> Tuned:
         labels = json.loads((final / "labels.json").read_text(encoding="utf-8"))
         tokenizer = load_tokenizer(ModelSource("final", final, "local"), chat=False)
         model = load_classifier(run, recipe, labels, tokenizer.pad_token_id)
-        return Tuned(_merge(model), tokenizer, recipe, classifier=True)
+        return Tuned(merged(recipe.method.name, model), tokenizer, recipe, classifier=True)
     loaded = load_for_inference(run)
     model = loaded.model.to("cpu")
-    return Tuned(_merge(model), loaded.tokenizer, recipe, classifier=False)
-
-
-def _merge(model: torch.nn.Module) -> torch.nn.Module:
-    # qlora too: migaki evaluates a qlora run on its base in full precision (models.inference),
-    # so folding the adapter into that base exports what was evaluated
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
+    return Tuned(merged(recipe.method.name, model), loaded.tokenizer, recipe, classifier=False)
 
 
 def write_hf(tuned: Tuned, to: Path, dtype: str = "fp32") -> None:

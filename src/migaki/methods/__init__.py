@@ -29,8 +29,9 @@ SWITCHABLE = ("lora", "dora", "qlora", "ia3")  # PEFT adapters `disable_adapter`
 PROMPT_LEARNING = ("prefix", "prompt")  # their loss must run the whole PEFT model
 PEFT_METHODS = (*SWITCHABLE, *PROMPT_LEARNING)
 ADAPTER_METHODS = (*PEFT_METHODS, "adapter")  # final/ holds an adapter, not a whole model
-# adapters folded into the base weights exactly (a 4-bit base would be rounded again: qlora not)
-MERGEABLE = ("lora", "dora", "ia3")
+# adapters whose update folds into the base weights: outside training a qlora run's base loads
+# in full precision (models.inference), so its adapter folds exactly too
+MERGEABLE = SWITCHABLE
 
 
 def apply_method(

@@ -16,7 +16,7 @@ from migaki.data.prepare import Splits
 from migaki.data.tokenize import IGNORE_INDEX
 from migaki.errors import UserError
 from migaki.losses import distill_loss
-from migaki.methods import PROMPT_LEARNING
+from migaki.methods import PROMPT_LEARNING, merged
 from migaki.models.inference import load_for_inference
 from migaki.objectives import LossParts, decoder
 from migaki.rundir import load_run_recipe, run_of
@@ -67,10 +67,7 @@ def _run_teacher(run: Path, name: str, tokenizer, recipe: Recipe) -> torch.nn.Mo
         )
     loaded = load_for_inference(run)
     _check_teacher_vocab(loaded.tokenizer, tokenizer, recipe)
-    teacher = loaded.model
-    if hasattr(teacher, "merge_and_unload"):  # LoRA, DoRA, IA3: one plain model, faster
-        teacher = teacher.merge_and_unload()
-    return teacher
+    return merged(method, loaded.model)  # one plain model, faster
 
 
 def _check_teacher_vocab(teacher_tokenizer, tokenizer, recipe: Recipe) -> None:
