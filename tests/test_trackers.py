@@ -100,3 +100,14 @@ def test_the_recipe_becomes_dotted_hyper_parameters():
         "train.replay": None,
         "name": "x",
     }
+
+
+def test_metrics_of_a_run_read_mid_write_leave_out_the_unfinished_line(tmp_path):
+    whole = '{"step": 1, "split": "train", "loss": 2.5}\n{"step": 2, "split": "train"}\n'
+    # the cut falls inside a multi-byte character of a line still being written
+    unfinished = '{"step": 3, "split": "train", "event_note": "学習'.encode()[:-1]
+    (tmp_path / "metrics.jsonl").write_bytes(whole.encode() + unfinished)
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text(whole + '{"step": 3, "split": "val", "loss": 1.0}')
+    assert [m["step"] for m in read_metrics(tmp_path)] == [1, 2, 3]
+    assert read_metrics(tmp_path / "no-run") == []

@@ -15,6 +15,7 @@ Only the main process writes (accelerate's trackers start and log on the main pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import netrc
 import os
@@ -152,7 +153,15 @@ def flat_config(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of the run's metrics.jsonl ([] without one). A run in progress may be
+    read mid-write (by a sweep, an estimate or a test following it): a last line that is not
+    whole yet is left out, as its bytes may even end inside a character."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    *lines, tail = path.read_bytes().split(b"\n")
+    records = [json.loads(line) for line in lines if line.strip()]
+    # the tail is empty when the file ends with its newline
+    with contextlib.suppress(ValueError):
+        records.append(json.loads(tail))
+    return records
