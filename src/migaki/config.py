@@ -404,6 +404,15 @@ class TrainConfig(Section):
     final: Literal["best", "last"] = Field(
         "best", description="Which weights go to final/: best validation loss or last step."
     )
+    ema: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Exponential moving average of the trained weights with this decay (e.g. "
+        "0.999: about the last 1,000 steps): validation, the best checkpoint and final/ use "
+        "it, training goes on with the raw weights; costs an fp32 copy of the trainable "
+        "weights; null: off.",
+    )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in the backward pass: less memory, ~30% slower."
     )

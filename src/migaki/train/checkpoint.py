@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from migaki import integrity
 from migaki.errors import UserError
 from migaki.methods import load_trainable, save_trainable
+from migaki.train.averaging import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,16 @@ def rng_snapshot() -> dict:
 
 
 def save_checkpoint(
-    run_dir: Path, model, optimizer, state: LoopState, rngs: list[dict] | None = None
+    run_dir: Path,
+    model,
+    optimizer,
+    state: LoopState,
+    rngs: list[dict] | None = None,
+    average: WeightAverage | None = None,
 ) -> Path:
     """Write checkpoints/step-N atomically and return it. `rngs` holds one `rng_snapshot()`
-    per process, in rank order (this process's alone when omitted)."""
+    per process, in rank order (this process's alone when omitted); `average` (train.ema)
+    is saved beside the weights."""
     rngs = rngs or [rng_snapshot()]
     final = checkpoint_dir(run_dir, state.step)
     staging = final.with_name(f".tmp-{final.name}")
@@ -70,6 +77,8 @@ def save_checkpoint(
     staging.mkdir(parents=True)
     save_trainable(model, str(staging / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    if average is not None:
+        average.save(staging)
     tensors = {f"rank{r}.{k}": v for r, rng in enumerate(rngs) for k, v in rng["torch"].items()}
     save_file(tensors, str(staging / "rng.safetensors"))
     payload = {
@@ -139,12 +148,14 @@ def _step_of(path: Path) -> int:
         return -1
 
 
-def load_checkpoint(checkpoint: Path, model, optimizer, rank: int = 0) -> LoopState:
-    """Restore weights, optimizer and this process's RNG states; return the loop state to
-    continue from. Raises UserError naming the file a damaged checkpoint fails in (one written
-    before file manifests, or damaged beyond what sizes show)."""
+def load_checkpoint(
+    checkpoint: Path, model, optimizer, rank: int = 0, average: WeightAverage | None = None
+) -> LoopState:
+    """Restore weights, optimizer, the weight average and this process's RNG states; return
+    the loop state to continue from. Raises UserError naming the file a damaged checkpoint
+    fails in (one written before file manifests, or damaged beyond what sizes show)."""
     try:
-        return _load_checkpoint(checkpoint, model, optimizer, rank)
+        return _load_checkpoint(checkpoint, model, optimizer, rank, average)
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError, EOFError) as exc:
         raise UserError(
             f"{checkpoint}: cannot be loaded ({type(exc).__name__}: "
@@ -153,8 +164,16 @@ def load_checkpoint(checkpoint: Path, model, optimizer, rank: int = 0) -> LoopSt
         ) from None
 
 
-def _load_checkpoint(checkpoint: Path, model, optimizer, rank: int) -> LoopState:
+def _load_checkpoint(
+    checkpoint: Path, model, optimizer, rank: int, average: WeightAverage | None
+) -> LoopState:
     load_trainable(model, str(checkpoint / "trainable.safetensors"))
+    if average is not None and not average.load(checkpoint):
+        average.reset()
+        log.warning(
+            "%s holds no weight average (train.ema was off): the average starts from its weights",
+            checkpoint.name,
+        )
     # weights_only: the optimizer file holds tensors and numbers only; never unpickle objects.
     optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     payload = json.loads((checkpoint / STATE_FILE).read_text())

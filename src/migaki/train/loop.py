@@ -35,6 +35,7 @@ from migaki.metrics import (
     summarize,
     to_device,
 )
+from migaki.train.averaging import WeightAverage
 from migaki.train.budget import TimeBudget
 from migaki.train.checkpoint import (
     LoopState,
@@ -84,7 +85,8 @@ class LoopInputs:
     maybe wrapped for DDP): its forward returns LossParts. `unfreezing` (method gradual) scales
     the learning rate and holds back waiting weights; `guard` (train.forgetting) measures a
     reference loss with each validation and may stop the run; `budget` (train.max_minutes)
-    sets the step count to what fits in the time."""
+    sets the step count to what fits in the time; `average` (train.ema) follows the weights
+    after each step and stands in for them in validation and checkpoints."""
 
     objective: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -101,6 +103,7 @@ class LoopInputs:
     stop: StopSignals | None = None
     budget: TimeBudget | None = None
     on_validation: ValidationHook | None = None  # after each validation but step 0's
+    average: WeightAverage | None = None
 
 
 @dataclass
@@ -171,6 +174,8 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
+        if inputs.average is not None:
+            inputs.average.update(state.step)
         if budget is not None:
             budget.step_done(state.step)
         real_tokens = sum(lengths[i] for i in indices)  # no padding, all processes
@@ -216,7 +221,7 @@ def fit(inputs: LoopInputs, state: LoopState) -> FitResult:
             rngs = gather_object([rng_snapshot()])  # a collective: every process takes part
             if accelerator.is_main_process:
                 bare = accelerator.unwrap_model(model).model
-                save_checkpoint(inputs.run_dir, bare, optimizer, state, rngs)
+                save_checkpoint(inputs.run_dir, bare, optimizer, state, rngs, inputs.average)
                 prune_checkpoints(inputs.run_dir, cfg.keep_checkpoints, state.best_step)
         if stopped_early:
             metrics.write(
@@ -375,21 +380,24 @@ def _validate(
     # The bare module, not the DDP wrapper: a wrapped forward joins collectives (buffer
     # broadcasts), which hang when processes hold different numbers of validation batches.
     bare = accelerator.unwrap_model(model)
-    sums = evaluate_rows(
-        lambda batch: bare(**batch),
-        share,
-        cfg.batch_size // cfg.grad_accum,
-        inputs.collate_fn,
-        accelerator.device,
-        accelerator.autocast,
-    )
-    if accelerator.num_processes > 1:
-        # Gathered as objects, not one fixed tensor: a process whose share is empty has no
-        # confusion matrix or rewards, and tensors of different sizes would hang the exchange.
-        sums = add_sums(gather_object([sums]))
-    result = summarize(sums)
-    if inputs.guard is not None:
-        result |= inputs.guard.measure(bare, accelerator)
+    averaged = inputs.average.applied() if inputs.average else contextlib.nullcontext()
+    with averaged:
+        sums = evaluate_rows(
+            lambda batch: bare(**batch),
+            share,
+            cfg.batch_size // cfg.grad_accum,
+            inputs.collate_fn,
+            accelerator.device,
+            accelerator.autocast,
+        )
+        if accelerator.num_processes > 1:
+            # Gathered as objects, not one fixed tensor: a process whose share is empty has
+            # no confusion matrix or rewards, and tensors of different sizes would hang the
+            # exchange.
+            sums = add_sums(gather_object([sums]))
+        result = summarize(sums)
+        if inputs.guard is not None:
+            result |= inputs.guard.measure(bare, accelerator)
     if inputs.budget is not None:
         inputs.budget.validation_done()
     inputs.metrics.write(

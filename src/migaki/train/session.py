@@ -36,6 +36,7 @@ from migaki.precision import choose_precision
 from migaki.rundir import environment, new_run_dir, peak_memory_mb, save_recipe, update_manifest
 from migaki.tasks import Task, task_for
 from migaki.train import continual, forgetting
+from migaki.train.averaging import WeightAverage
 from migaki.train.budget import start_budget
 from migaki.train.checkpoint import (
     LoopState,
@@ -135,8 +136,10 @@ def _train(
 
     state = LoopState(recipe_fingerprint=recipe.fingerprint(), data_hashes=data.splits.hashes)
     metrics = MetricsLog(run_dir, accelerator)
+    average = WeightAverage(model, recipe.train.ema) if recipe.train.ema else None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, accelerator.process_index)
+        rank = accelerator.process_index
+        state = load_checkpoint(checkpoint, model, optimizer, rank, average)
         metrics.truncate_after(state.step)
         metrics.write(step=state.step, event="resume", checkpoint=checkpoint.name)
         log.info("resuming from %s (step %d of %d)", checkpoint, state.step, plan.total_steps)
@@ -177,11 +180,14 @@ def _train(
             budget_reserve,
         ),
         on_validation,
+        average,
     )
     metrics.start(project, recipe.to_dict())  # in the run directory; fit closes them at its end
     result = _fit_recording_failure(inputs, state, run_dir)
     if accelerator.is_main_process:
-        final_step = _save_final(model, data.tokenizer, run_dir, recipe, task, result.state)
+        final_step = _save_final(
+            model, data.tokenizer, run_dir, recipe, task, result.state, average
+        )
         update_manifest(
             run_dir,
             status=_final_status(result),
@@ -543,15 +549,27 @@ def _layer_scales(model: torch.nn.Module, decay: float) -> dict[int, float]:
 
 
 def _save_final(
-    model, tokenizer, run_dir: Path, recipe: Recipe, task: Task, state: LoopState
+    model,
+    tokenizer,
+    run_dir: Path,
+    recipe: Recipe,
+    task: Task,
+    state: LoopState,
+    average: WeightAverage | None,
 ) -> int:
-    """Write final/ atomically from the best or last weights; returns the step it holds."""
-    step = state.step
+    """Write final/ atomically from the best or last weights (their average with train.ema);
+    returns the step it holds."""
+    step, averaged = state.step, average is not None
     if recipe.train.final == "best" and state.best_step not in (None, state.step):
         best = checkpoint_dir(run_dir, state.best_step)
         load_trainable(model, str(best / "trainable.safetensors"))
+        if averaged and not average.load(best):
+            averaged = False  # a best step from before a forced resume turned train.ema on
+            log.warning("%s holds no weight average: final/ holds its own weights", best.name)
         step = state.best_step
         log.info("final/ holds the best validation step %d", step)
+    if averaged:
+        average.apply()
     model.config.use_cache = True  # off while training (see models.load); on for users
     final = run_dir / "final"
     staging = run_dir / ".tmp-final"
