@@ -173,3 +173,25 @@ def test_other_text_and_label_columns_are_named_in_the_recipe(tmp_path, tiny_enc
     broken = write_jsonl(tmp_path / "broken.jsonl", [{"text": "a", "review": "b", "stars": "pos"}])
     assert main(["data", "validate", str(broken), "--recipe", str(recipe)]) == 2
     assert "also has a field 'text' beside 'review'" in capsys.readouterr().out
+
+
+def test_model_dropout_sets_every_dropout_rate_of_the_config(tmp_path, tiny_encoder, capsys):
+    data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(64))
+    losses = {}
+    for dropout in (0.0, 0.5):
+        recipe = write_recipe(
+            tmp_path / f"r{dropout}.yaml",
+            tiny_encoder,
+            data,
+            task="classification",
+            method={"name": "full"},
+            train={"max_steps": 4, "batch_size": 16, "lr": 5e-3, "eval_every": 4},
+        )
+        run = tmp_path / f"run{dropout}"
+        command = ["train", str(recipe), f"model.dropout={dropout}", "--out", str(run)]
+        assert main(command) == 0, capsys.readouterr().err
+        config = json.loads((run / "final" / "config.json").read_text())
+        rates = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+        assert [config[key] for key in rates] == [dropout] * 3
+        losses[dropout] = [m["loss"] for m in read_metrics(run) if m.get("split") == "train"]
+    assert losses[0.0][0] != losses[0.5][0]  # the masks change the very first step's loss

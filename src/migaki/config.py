@@ -45,6 +45,14 @@ class ModelConfig(Section):
     attn_implementation: Literal["sdpa", "eager"] = Field(
         "sdpa", description="Attention kernel used for training and inference."
     )
+    dropout: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout while training: every dropout rate the model's config names "
+        "(hidden, attention, classifier; e.g. BERT's hidden_dropout_prob) set to this; "
+        "null: the model's own.",
+    )
     chat_template: str | None = Field(
         None,
         description="A named chat template (chatml, gemma, llama3) or a Jinja file, for "

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -147,11 +148,13 @@ def load_causal_lm(
     attn_implementation: str = "sdpa",
     trust_remote_code: bool = False,
     quantize_4bit: str | None = None,
+    dropout: float | None = None,
 ) -> PreTrainedModel:
     """The base model in fp32 (trainable weights and optimizer state stay fp32; autocast does
     the low-precision maths), or with its linear layers in 4 bits (`quantize_4bit`: nf4 or
-    fp4) for QLoRA. Only safetensors weights are read: never a pickle."""
-    extra = {}
+    fp4) for QLoRA; `dropout` replaces every dropout rate of its config. Only safetensors
+    weights are read: never a pickle."""
+    extra = dropout_rates(source, dropout, trust_remote_code)
     if quantize_4bit is not None:
         extra["quantization_config"] = _four_bit(quantize_4bit)
     try:
@@ -174,12 +177,18 @@ def load_causal_lm(
 
 
 def load_sequence_classifier(
-    source: ModelSource, labels: list[str], pad_token_id: int, trust_remote_code: bool = False
+    source: ModelSource,
+    labels: list[str],
+    pad_token_id: int,
+    trust_remote_code: bool = False,
+    dropout: float | None = None,
 ) -> PreTrainedModel:
     """An encoder or decoder with a new classification head for `labels` (fp32). The label
-    map goes into the model's config, so it is saved with the model."""
+    map goes into the model's config, so it is saved with the model; `dropout` replaces every
+    dropout rate of the config."""
     from transformers import AutoModelForSequenceClassification
 
+    rates = dropout_rates(source, dropout, trust_remote_code)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
             source.path,
@@ -189,6 +198,7 @@ def load_sequence_classifier(
             label2id={label: i for i, label in enumerate(labels)},
             trust_remote_code=trust_remote_code,
             use_safetensors=True,
+            **rates,
         )
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -197,6 +207,34 @@ def load_sequence_classifier(
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
     return model
+
+
+# Config keys of a dropout rate: BERT's hidden_dropout_prob, Llama's attention_dropout,
+# GPT-2's resid_pdrop, T5's dropout_rate, BERT's classifier_dropout (null: the hidden rate).
+_DROPOUT_KEY = re.compile(r"(dropout|dropout_prob|dropout_rate|pdrop)$")
+
+
+def dropout_rates(
+    source: ModelSource, dropout: float | None, trust_remote_code: bool = False
+) -> dict[str, float]:
+    """{config key: `dropout`} for every dropout rate `source`'s config holds, to pass to
+    from_pretrained ({} when `dropout` is None). Raises UserError for a config with none."""
+    if dropout is None:
+        return {}
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source.name}: cannot read its config ({exc})") from None
+    keys = [
+        key
+        for key, value in config.to_dict().items()
+        if _DROPOUT_KEY.search(key) and (value is None or isinstance(value, int | float))
+    ]
+    if not keys:
+        raise UserError(f"model.dropout: {source.name}'s config names no dropout rate to set")
+    return dict.fromkeys(keys, dropout)
 
 
 def _four_bit(quant_type: str):

@@ -415,7 +415,11 @@ def _build_model(recipe: Recipe, task: Task, data: RunData, precision: str, devi
     """The base model with the recipe's method and memory options; (model, trainable, total)."""
     if task.head is not None:
         model = models.load_sequence_classifier(
-            data.source, data.labels, data.tokenizer.pad_token_id, recipe.model.trust_remote_code
+            data.source,
+            data.labels,
+            data.tokenizer.pad_token_id,
+            recipe.model.trust_remote_code,
+            recipe.model.dropout,
         )
     else:
         quantize = recipe.method.quant_type if recipe.method.name == "qlora" else None
@@ -424,6 +428,7 @@ def _build_model(recipe: Recipe, task: Task, data: RunData, precision: str, devi
             recipe.model.attn_implementation,
             recipe.model.trust_remote_code,
             quantize,
+            recipe.model.dropout,
         )
     if recipe.train.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input gradients, so it works with frozen bases.
