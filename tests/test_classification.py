@@ -177,16 +177,16 @@ def test_other_text_and_label_columns_are_named_in_the_recipe(tmp_path, tiny_enc
 
 def test_model_dropout_sets_every_dropout_rate_of_the_config(tmp_path, tiny_encoder, capsys):
     data = write_jsonl(tmp_path / "s.jsonl", sentiment_rows(64))
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_encoder,
+        data,
+        task="classification",
+        method={"name": "full"},
+        train={"max_steps": 4, "batch_size": 16, "lr": 5e-3, "eval_every": 4},
+    )
     losses = {}
     for dropout in (0.0, 0.5):
-        recipe = write_recipe(
-            tmp_path / f"r{dropout}.yaml",
-            tiny_encoder,
-            data,
-            task="classification",
-            method={"name": "full"},
-            train={"max_steps": 4, "batch_size": 16, "lr": 5e-3, "eval_every": 4},
-        )
         run = tmp_path / f"run{dropout}"
         command = ["train", str(recipe), f"model.dropout={dropout}", "--out", str(run)]
         assert main(command) == 0, capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_the_average_follows_the_trainable_weights_and_swaps_back(tmp_path):
 
 def ema_recipe(tmp_path, tiny_model, **train):
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows(24))
-    settings = {"max_steps": 6, "eval_every": 2, "lr": 1e-2, "keep_checkpoints": 10}
+    settings = {"max_steps": 6, "eval_every": 2, "lr": 3e-2, "keep_checkpoints": 10}
     return write_recipe(
         tmp_path / f"r{len(train)}.yaml",
         tiny_model,
@@ -72,6 +72,7 @@ def test_an_ema_run_trains_the_raw_weights_validates_the_average_and_resumes_exa
 
     # final/ holds the best step's average, not its own weights
     best_step = json.loads((whole / "manifest.json").read_text())["final_step"]
+    assert best_step < 6  # an earlier step than the last: its checkpoint's average is read
     last = whole / "checkpoints" / f"step-{best_step}"
     averaged, raw = (
         load_file(str(last / AVERAGE_FILE)),

@@ -567,10 +567,11 @@ def _save_final(
     step, averaged = state.step, average is not None
     if recipe.train.final == "best" and state.best_step not in (None, state.step):
         best = checkpoint_dir(run_dir, state.best_step)
-        load_trainable(model, str(best / "trainable.safetensors"))
         if averaged and not average.load(best):
             averaged = False  # a best step from before a forced resume turned train.ema on
             log.warning("%s holds no weight average: final/ holds its own weights", best.name)
+        if not averaged:  # the average replaces every trainable weight: no need to read them
+            load_trainable(model, str(best / "trainable.safetensors"))
         step = state.best_step
         log.info("final/ holds the best validation step %d", step)
     if averaged:
