@@ -10,7 +10,7 @@ from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from migaki.config import MethodConfig
 from migaki.data.tokenize import render_prompt
-from migaki.evaluate import generation
+from migaki.evaluate import generation, lm_head
 from migaki.evaluate.generation import generate_answers, generate_tokens, load_for_generation
 from migaki.methods import apply_method
 from migaki.models.inference import load_for_inference
@@ -80,10 +80,13 @@ def check_equal_to_alone(model, prompts, max_new_tokens, batch_sizes, monkeypatc
     return joins
 
 
-def spy(function, calls: list):
+def spy(function, calls: list, keep: bool = False):
+    """`function`, noting each call in `calls` (its result with `keep`)."""
+
     def wrapped(*args, **kwargs):
-        calls.append(1)
-        return function(*args, **kwargs)
+        result = function(*args, **kwargs)
+        calls.append(result if keep else 1)
+        return result
 
     return wrapped
 
@@ -238,18 +241,29 @@ def test_greedy_tokens_block_by_block_equal_one_argmax_ties_included(monkeypatch
     states = torch.randn(3, 5, 16)
     expected = head(states).argmax(dim=-1)
     assert (expected == 3).any()
-    monkeypatch.setattr(generation, "_HEAD_ROWS", 7)
-    assert torch.equal(generation.greedy_tokens(head, states), expected)
-    monkeypatch.setattr(generation, "_HEAD_ROWS", 64)
-    assert torch.equal(generation.greedy_tokens(head, states[:, :1]), expected[:, :1])
+    monkeypatch.setattr(lm_head, "_HEAD_ROWS", 7)
+    assert torch.equal(lm_head.greedy_tokens(head, states), expected)
+    monkeypatch.setattr(lm_head, "_HEAD_ROWS", 64)
+    assert torch.equal(lm_head.greedy_tokens(head, states[:, :1]), expected[:, :1])
 
 
 def test_greedy_generation_over_head_blocks_is_unchanged(loaded, monkeypatch):
     prompts = prompt_ids(loaded.tokenizer)
     model = tiny_gemma(len(loaded.tokenizer), sliding_window=4096)
-    monkeypatch.setattr(generation, "_HEAD_ROWS", 97)  # a vocabulary of several blocks
-    assert generation._plain_head(model) is not None
+    monkeypatch.setattr(lm_head, "_HEAD_ROWS", 97)  # a vocabulary of several blocks
+    assert lm_head.plain_head(model) is not None
     check_equal_to_alone(model, prompts, 10, [3, 100], monkeypatch)
+
+
+def test_greedy_generation_through_the_int8_screen_is_unchanged(loaded, monkeypatch):
+    prompts = prompt_ids(loaded.tokenizer)
+    model = tiny_gemma(len(loaded.tokenizer), sliding_window=4096)
+    monkeypatch.setattr(lm_head, "SCREEN_MIN_ROWS", 0)  # a tiny head is screened too
+    screens = []
+    monkeypatch.setattr(generation, "screen_for", spy(lm_head.screen_for, screens, keep=True))
+    check_equal_to_alone(model, prompts, 10, [3, 100], monkeypatch)
+    assert screens and all(screen is screens[0] for screen in screens)  # built once
+    assert screens[0].fallbacks == 0
 
 
 def test_a_head_cast_once_for_bf16_picks_what_autocast_picks(monkeypatch):
@@ -257,14 +271,12 @@ def test_a_head_cast_once_for_bf16_picks_what_autocast_picks(monkeypatch):
     head = torch.nn.Linear(32, 300)
     states = torch.randn(4, 3, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cast = generation._cast_once(head)
-        expected = generation.greedy_tokens(head, states)
+        cast = lm_head.cast_once(head)
+        expected = lm_head.greedy_tokens(head, states)
         assert cast.weight.dtype == torch.bfloat16 and cast.bias is head.bias
-        assert torch.equal(generation.greedy_tokens(cast, states), expected)
-        assert torch.equal(
-            generation._head_logits(cast, states), generation._head_logits(head, states)
-        )
-    assert generation._cast_once(head) is head  # no autocast: nothing to cast
+        assert torch.equal(lm_head.greedy_tokens(cast, states), expected)
+        assert torch.equal(lm_head.head_logits(cast, states), lm_head.head_logits(head, states))
+    assert lm_head.cast_once(head) is head  # no autocast: nothing to cast
 
 
 def test_a_lora_run_generates_merged_and_answers_as_with_its_adapter_apart(

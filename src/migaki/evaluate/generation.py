@@ -15,6 +15,14 @@ from transformers.cache_utils import DynamicLayer
 
 from migaki.data.tokenize import render_prompt
 from migaki.evaluate.growing_cache import grow_in_place
+from migaki.evaluate.lm_head import (
+    ScreenedHead,
+    cast_once,
+    greedy_tokens,
+    head_logits,
+    plain_head,
+    screen_for,
+)
 from migaki.methods import merged
 from migaki.models.inference import LoadedModel, load_for_inference
 from migaki.models.templates import end_of_turn_ids
@@ -129,7 +137,8 @@ def generate_tokens(
     rows."""
     if not prompts:
         return []
-    head = _cast_once(_plain_head(model))
+    head = cast_once(plain_head(model))
+    screen = screen_for(head)
     room = _window(model)
     window_fits = room is None or max(len(p) for p in prompts) + max_new_tokens < room
     waiting = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -148,7 +157,7 @@ def generate_tokens(
         drafts = []
         if temperature <= 0 and _joinable(batch.cache):
             drafts = _drafts(batch, prompts, generated, max_new_tokens, room)
-        picked = _step_picks(model, head, batch, drafts, pad_token_id, temperature)
+        picked = _step_picks(model, head, screen, batch, drafts, pad_token_id, temperature)
         going, following, advance = [], [], []
         for slot, row in enumerate(batch.rows):
             accepted = _accepted(drafts[slot] if drafts else [], picked[slot])
@@ -326,43 +335,10 @@ def _accepted(draft: list[int], picked: list[int]) -> int:
     return accepted
 
 
-def _plain_head(model) -> torch.nn.Linear | None:
-    """The LM head when it is a plain linear layer whose output are the logits (no soft cap
-    or scale in the model's forward, no hook on the layer: accelerate's offloading moves the
-    weight in one, a user may change the logits in one), else None."""
-    head = model.get_output_embeddings()
-    config = decoder(model).config
-    rescaled = any(
-        getattr(config, key, None) not in (None, 1, 1.0)
-        for key in ("final_logit_softcapping", "logit_scale", "logits_scaling")
-    )
-    hooked = bool(head._forward_hooks or head._forward_pre_hooks) or hasattr(head, "_hf_hook")
-    plain = type(head) is torch.nn.Linear and not rescaled and not hooked
-    return head if plain else None
-
-
-def _cast_once(head: torch.nn.Linear | None) -> torch.nn.Linear | None:
-    """The head with its weight in the autocast dtype, cast once for the whole generation.
-
-    Autocast casts a frozen weight again at every product (it caches only weights that
-    require grad): for Gemma 3's head that is 671 MB read and 335 MB written per step. The
-    products are the same, since autocast rounds the weight to the same dtype; the bias stays
-    as it is, as autocast leaves the addition."""
-    device = head.weight.device.type if head is not None else "cpu"
-    if head is None or not torch.is_autocast_enabled(device):
-        return head
-    dtype = torch.get_autocast_dtype(device)
-    if head.weight.dtype == dtype:
-        return head
-    cast = torch.nn.Linear(head.in_features, head.out_features, bias=False, device="meta")
-    cast.weight = torch.nn.Parameter(head.weight.detach().to(dtype), requires_grad=False)
-    cast.bias = head.bias
-    return cast
-
-
 def _step_picks(
     model,
     head: torch.nn.Linear | None,
+    screen: ScreenedHead | None,
     batch: _Batch,
     drafts: list[list[int]],
     pad_token_id: int,
@@ -393,55 +369,12 @@ def _step_picks(
         inputs[_cache_argument(body)] = batch.cache
         states = body(**inputs).last_hidden_state  # (rows, width, dim)
         if temperature <= 0:
-            return greedy_tokens(head, states).tolist()
-        logits = _head_logits(head, states)
+            picks = screen.greedy(states) if screen else greedy_tokens(head, states)
+            return picks.tolist()
+        logits = head_logits(head, states)
     if temperature <= 0:
         return logits.argmax(dim=-1).tolist()
     return [[token] for token in _next_tokens(logits[:, 0], temperature).tolist()]
-
-
-_HEAD_ROWS = 4096  # LM-head rows per product in greedy_tokens on a CPU
-
-
-def greedy_tokens(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
-    """argmax(head(states)) over the last dimension, the same first-index tie-break, without
-    the whole (positions, vocab) logits ever being written.
-
-    A plain head's product is weight @ states.T: with MKL on CPU, `F.linear` of a few rows
-    against Gemma 3's (262k, 640) head took 3.5x as long for 3 rows and 1.6x for 32 (AMD EPYC,
-    AVX2). On a CPU the head goes 4,096 vocabulary rows at a time, each block's maximum taken
-    while it is in cache: for 32 positions the head and argmax took 100 ms instead of 148 + 25
-    (argmax over 33 MB of logits). Positions are padded to a multiple of 8: 15 took 150 ms
-    and 16 took 80 ms. On a GPU the product stays whole (one kernel instead of 64)."""
-    shape = states.shape[:-1]
-    flat = states.reshape(-1, states.shape[-1]).to(head.weight.dtype)
-    count = flat.shape[0]
-    right = F.pad(flat, (0, 0, 0, -count % 8)).T  # (dim, positions padded)
-    vocab = head.weight.shape[0]
-    step = _HEAD_ROWS if head.weight.device.type == "cpu" else vocab
-    best = index = None
-    for start in range(0, vocab, step):
-        logits = head.weight[start : start + step] @ right  # (block, positions)
-        if head.bias is not None:
-            logits = logits + head.bias[start : start + step, None]
-        where = logits.argmax(dim=0)
-        values = logits.gather(0, where[None])[0]
-        if best is None:
-            best, index = values, where
-        else:  # strictly greater: an earlier block keeps a tie, as one argmax would
-            better = values > best
-            best = torch.where(better, values, best)
-            index = torch.where(better, where + start, index)
-    return index[:count].reshape(shape)
-
-
-def _head_logits(head: torch.nn.Linear, states: torch.Tensor) -> torch.Tensor:
-    """(rows, width, vocab) float32 logits of a plain head (weight @ states.T, see
-    greedy_tokens for why not `F.linear`)."""
-    flat = states.reshape(-1, states.shape[-1]).to(head.weight.dtype)
-    logits = (head.weight @ flat.T).T
-    logits = logits if head.bias is None else logits + head.bias
-    return logits.reshape(*states.shape[:2], -1).float()
 
 
 def _next_tokens(logits: torch.Tensor, temperature: float) -> torch.Tensor:
