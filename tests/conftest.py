@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from migaki.testing import build_tiny_model
 
@@ -101,3 +102,19 @@ def write_recipe(path: Path, model: Path, data_file: Path, **sections) -> Path:
 @pytest.fixture
 def recipe_file(tmp_path, tiny_model, qa_file) -> Path:
     return write_recipe(tmp_path / "recipe.yaml", tiny_model, qa_file)
+
+
+@pytest.fixture
+def exact_int8(monkeypatch):
+    """int8 products that are exact here: where this CPU's `torch._int_mm` is not (AVX2
+    without VNNI), an integer product in int64 stands in, so the screen's logic is tested on
+    every machine; where it is, the real kernel runs."""
+    from migaki.evaluate import lm_head
+
+    if not lm_head.exact_int8_products():
+
+        def int_mm(left, right):
+            return (left.long() @ right.long()).int()
+
+        monkeypatch.setattr(torch, "_int_mm", int_mm)
+        monkeypatch.setattr(lm_head, "exact_int8_products", lambda: True)

@@ -255,6 +255,7 @@ def test_greedy_generation_over_head_blocks_is_unchanged(loaded, monkeypatch):
     check_equal_to_alone(model, prompts, 10, [3, 100], monkeypatch)
 
 
+@pytest.mark.usefixtures("exact_int8")
 def test_greedy_generation_through_the_int8_screen_is_unchanged(loaded, monkeypatch):
     prompts = prompt_ids(loaded.tokenizer)
     model = tiny_gemma(len(loaded.tokenizer), sliding_window=4096)

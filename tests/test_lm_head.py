@@ -5,9 +5,16 @@ import pytest
 import torch
 
 from migaki.evaluate import lm_head
-from migaki.evaluate.lm_head import ScreenedHead, greedy_tokens, levels_for, screen_for
+from migaki.evaluate.lm_head import (
+    ScreenedHead,
+    exact_int8_products,
+    greedy_tokens,
+    levels_for,
+    screen_for,
+)
 
 ROWS = 20_000  # three blocks of rows with their own scales
+pytestmark = pytest.mark.usefixtures("exact_int8")
 
 
 def linear(weight: torch.Tensor, bias: bool = False) -> torch.nn.Linear:
@@ -101,3 +108,21 @@ def test_a_screen_only_for_a_large_float32_head_and_kept_while_its_weight_is_unc
         assert screen_for(linear(torch.randn(300, 16))) is None
     assert screen_for(None) is None
     assert levels_for(70_000) == 0  # no int8 sum this wide fits int32
+
+
+def test_int8_products_that_saturate_are_found_and_keep_the_head_in_float32(monkeypatch):
+    def saturating(left, right):
+        """oneDNN on AVX2 without VNNI: states shifted to u8 (+128), products of pairs summed
+        in int16 with saturation, the shift's share taken off after."""
+        shifted = left.long() + 128
+        pairs = (shifted[:, :, None] * right.long()[None]).reshape(
+            left.shape[0], left.shape[1] // 2, 2, right.shape[1]
+        )
+        sums = pairs.sum(dim=2).clamp(-(2**15), 2**15 - 1).sum(dim=1)
+        return (sums - 128 * right.long().sum(dim=0)).int()
+
+    monkeypatch.setattr(torch, "_int_mm", saturating)
+    assert exact_int8_products.__wrapped__() is False
+    monkeypatch.setattr(lm_head, "exact_int8_products", exact_int8_products.__wrapped__)
+    monkeypatch.setattr(lm_head, "SCREEN_MIN_ROWS", 100)
+    assert screen_for(linear(torch.randn(300, 16))) is None

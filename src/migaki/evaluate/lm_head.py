@@ -22,6 +22,7 @@ this module.
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 
@@ -228,6 +229,28 @@ def _two_level(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.cat([high, low]).to(torch.int8), fine.double(), residual
 
 
+@functools.cache
+def exact_int8_products() -> bool:
+    """Whether `torch._int_mm` on this CPU gives exact int32 sums, tried where they are
+    hardest: every code ±127. On AVX2 without VNNI, oneDNN sums pairs of u8·s8 products in
+    int16 with saturation (what fbgemm's `reduce_range` is for), so a sum can be off by
+    millions; the screen's bound would then not hold, and the head runs in float32 there
+    (where int8 was no faster anyway: 8.5 s against 8.7 on the quickstart's answers)."""
+    generator = torch.Generator().manual_seed(0)
+    signs = torch.randint(0, 2, (64 + 4096, 640), generator=generator) * 2 - 1
+    codes = (signs * 127).to(torch.int8)
+    states, rows = codes[:64], codes[64:]
+    try:
+        products = torch._int_mm(states, rows.T)
+    except (RuntimeError, AttributeError):  # an older torch without int8 products on a CPU
+        log.info("no int8 matrix products here: the LM head picks in float32")
+        return False
+    exact = torch.equal(products.long(), states.long() @ rows.long().T)
+    if not exact:
+        log.info("int8 matrix products here are not exact (AVX2 without VNNI?): float32 head")
+    return exact
+
+
 _screens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -242,10 +265,7 @@ def screen_for(head: torch.nn.Linear | None) -> ScreenedHead | None:
         return None
     if not levels_for(head.weight.shape[1]):
         return None
-    try:
-        torch._int_mm(torch.zeros(8, 8, dtype=torch.int8), torch.zeros(8, 8, dtype=torch.int8))
-    except (RuntimeError, AttributeError):  # an older torch without int8 products on a CPU
-        log.info("no int8 matrix products on this CPU: the LM head runs in float32")
+    if not exact_int8_products():
         return None
     # Kept while the head lives and its weight is unchanged: evaluation and `compare`
     # generate with one model several times, and building costs two passes over the weight.
